@@ -1,0 +1,415 @@
+"""The cache format: writer and reader side by side, so the contract cannot drift.
+
+A cache is one folder, CACHE/<name>-<keypoint fingerprint>/:
+
+    keypoints.json            index, written last: sealing it makes the keypoint store visible
+    keypoints/shard-00000.zarr    one Zarr v3 group (or shard-00000.h5) per few hundred samples
+    keypoints/shard-00000.json    the shard's commit marker: sample table, failures, file checksums
+    failures.jsonl            every sample that could not be cached, with the reason
+    text-<fingerprint>/       one sealed text store per text setting (tokenizer, model, max length)
+        text.json             index + checksums (its presence seals the store)
+        text.zarr | text.h5   input_ids (n, L) int32, lengths (n,), embeddings (n, D) float32
+
+Keypoints are stored per MediaPipe component (pose, face, left_hand, right_hand), frames of all
+samples of a shard concatenated (ragged) with an offsets array, float16 with NaN for missing,
+plus a per-frame presence mask (F, 4). Per-component arrays let the trainer read pose + hands
+without touching the 468 face points.
+
+Crash safety: a shard is written under a temporary name and renamed, then its JSON marker is
+written the same way; a shard without a marker does not exist. The index is written only when
+every shard is sealed. Damage after sealing is caught by CRC32 checksums of every file,
+checked (by size) when a cache is opened and (by content) when an array is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .layout import COMPONENTS, COMPONENT_SLICES
+
+FORMAT_VERSION = 1
+FORMATS = ("zarr", "hdf5")
+FRAME_CHUNK = 8192  # frames per chunk: big enough for fast sequential reads, small enough for memory
+KEYPOINT_INDEX = "keypoints.json"
+TEXT_INDEX = "text.json"
+FAILURES = "failures.jsonl"
+
+
+class CacheError(RuntimeError):
+    """A cache that is missing, unsealed, of another version, or damaged."""
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _file_checksums(root: Path, base: Path) -> dict[str, list[int]]:
+    """{relative path: [size, crc32]} of every file under root (a folder or one file)."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(base)): [p.stat().st_size, crc32_file(p)] for p in files}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ----------------------------------------------------------------------------- array back-ends
+
+def _write_arrays(path: Path, fmt: str, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+    """Write named arrays into a new Zarr v3 group or HDF5 file at `path` (which must not exist)."""
+    if fmt == "zarr":
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        for name, arr in arrays.items():
+            chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:]
+            # lz4 via blosc: decompresses at GB/s, so loading a cache is bound by the disk, not the codec
+            group.create_array(name, data=arr, chunks=chunks,
+                               compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
+        if attrs:
+            group.attrs.update(attrs)
+    elif fmt == "hdf5":
+        import h5py
+
+        with h5py.File(path, "w-") as f:
+            for name, arr in arrays.items():
+                chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:] if arr.size else None
+                f.create_dataset(name, data=arr, chunks=chunks, compression="lzf" if arr.size else None,
+                                 shuffle=bool(arr.size))
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = json.dumps(v)
+    else:
+        raise ValueError(f"unknown cache format {fmt!r}; choose one of {FORMATS}")
+
+
+def _read_arrays(path: Path, fmt: str, names) -> dict[str, np.ndarray]:
+    if fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        return {n: group[n][...] for n in names}
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {n: f[n][...] for n in names}
+
+
+def _array_files(shard_path: Path, fmt: str, name: str, base: Path, checksums: dict) -> list[str]:
+    """The checksummed files that hold array `name` of a shard (HDF5: the one file)."""
+    if fmt == "hdf5":
+        return [str(shard_path.relative_to(base))]
+    prefix = str((shard_path / name).relative_to(base)) + os.sep
+    return [p for p in checksums if p.startswith(prefix)]
+
+
+# ----------------------------------------------------------------------------- keypoint shards
+
+def shard_name(index: int, fmt: str) -> str:
+    return f"shard-{index:05d}." + ("zarr" if fmt == "zarr" else "h5")
+
+
+def shard_marker(cache_dir: Path, index: int) -> Path:
+    return Path(cache_dir) / "keypoints" / f"shard-{index:05d}.json"
+
+
+def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[dict],
+                         keypoints: list[np.ndarray], failures: list[dict]) -> dict:
+    """Write one shard atomically and return its marker. samples[i] = {"id", "row", "fps"},
+    keypoints[i] = (T, 543, 3) array with NaN for missing points; failures = [{"id", "path", "reason"}]."""
+    cache_dir = Path(cache_dir)
+    (cache_dir / "keypoints").mkdir(parents=True, exist_ok=True)
+    final = cache_dir / "keypoints" / shard_name(index, fmt)
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    _remove(tmp)
+    _remove(final)  # a shard without marker is an unfinished earlier attempt
+
+    lengths = np.array([len(k) for k in keypoints], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    frames = np.concatenate(keypoints, axis=0) if keypoints else np.zeros((0, 543, 3), np.float32)
+    arrays = {}
+    present = np.zeros((len(frames), len(COMPONENTS)), dtype=bool)
+    for c, name in enumerate(COMPONENTS):
+        part = frames[:, COMPONENT_SLICES[name], :3].astype(np.float16)
+        arrays[name] = part
+        present[:, c] = ~np.isnan(part).all(axis=(1, 2))
+    arrays["present"] = present
+    arrays["offsets"] = offsets
+    _write_arrays(tmp, fmt, arrays)
+    os.replace(tmp, final)
+
+    marker = {
+        "format_version": FORMAT_VERSION, "shard": index, "format": fmt, "path": final.name,
+        "samples": [{"id": s["id"], "row": int(s["row"]), "fps": float(s["fps"]), "n_frames": int(n)}
+                    for s, n in zip(samples, lengths)],
+        "failures": failures,
+        "files": _file_checksums(final, cache_dir),
+    }
+    write_json_atomic(shard_marker(cache_dir, index), marker)
+    return marker
+
+
+def read_shard_marker(cache_dir: Path, index: int) -> dict | None:
+    """The marker of a sealed shard, or None if the shard was never finished."""
+    path = shard_marker(cache_dir, index)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # cannot happen with atomic writes unless the disk lied
+        raise CacheError(f"{path}: unreadable shard marker ({e}); delete it to redo the shard") from e
+
+
+def seal_keypoints(cache_dir: Path, n_shards: int, meta: dict) -> dict:
+    """Write the index once every shard is sealed; returns it. meta: fingerprint, settings, versions."""
+    cache_dir = Path(cache_dir)
+    markers = [read_shard_marker(cache_dir, i) for i in range(n_shards)]
+    missing = [i for i, m in enumerate(markers) if m is None]
+    if missing:
+        raise CacheError(f"{cache_dir}: cannot seal, shards {missing[:10]} are not finished")
+    samples = [s | {"shard": m["shard"]} for m in markers for s in m["samples"]]
+    failures = [f for m in markers for f in m["failures"]]
+    with open(cache_dir / (FAILURES + ".tmp"), "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in failures)
+    os.replace(cache_dir / (FAILURES + ".tmp"), cache_dir / FAILURES)
+    index = {
+        "format_version": FORMAT_VERSION, **meta,
+        "n_samples": len(samples), "n_failures": len(failures),
+        "n_frames": int(sum(s["n_frames"] for s in samples)),
+        "samples": samples, "failures": failures,
+        "shards": [{"shard": m["shard"], "path": m["path"], "format": m["format"], "files": m["files"],
+                    "n_samples": len(m["samples"])} for m in markers],
+    }
+    write_json_atomic(cache_dir / KEYPOINT_INDEX, index)
+    return index
+
+
+# ----------------------------------------------------------------------------- text stores
+
+def text_store_dir(cache_dir: Path, fingerprint: str) -> Path:
+    return Path(cache_dir) / f"text-{fingerprint[:12]}"
+
+
+def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
+                     input_ids: np.ndarray, lengths: np.ndarray, embeddings: np.ndarray, meta: dict) -> Path:
+    """Write a sealed text store aligned with the keypoint samples (row i = sample i).
+    annotations: per-sample columns id, text, split, signer, label."""
+    final = text_store_dir(cache_dir, fingerprint)
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    _remove(tmp)
+    tmp.mkdir(parents=True)
+    data = tmp / ("text.zarr" if fmt == "zarr" else "text.h5")
+    _write_arrays(data, fmt, {"input_ids": np.asarray(input_ids, np.int32),
+                              "lengths": np.asarray(lengths, np.int32),
+                              "embeddings": np.asarray(embeddings, np.float32)})
+    index = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "format": fmt, **meta,
+             "n_samples": int(len(input_ids)), "annotations": annotations,
+             "files": _file_checksums(data, tmp)}
+    write_json_atomic(tmp / TEXT_INDEX, index)
+    _remove(final)
+    os.replace(tmp, final)
+    return final
+
+
+# ----------------------------------------------------------------------------- reader
+
+@dataclass
+class KeypointArrays:
+    frames: dict[str, np.ndarray]  # component -> (F_total, P, 3) float16, NaN missing
+    present: np.ndarray            # (F_total, 4) bool, order of layout.COMPONENTS
+    offsets: np.ndarray            # (n + 1,) int64: sample i is rows offsets[i]:offsets[i + 1]
+
+
+@dataclass
+class TextArrays:
+    input_ids: np.ndarray   # (n, L) int32, [CLS] ... [SEP] padded with 0
+    lengths: np.ndarray     # (n,) int32
+    embeddings: np.ndarray  # (n, D) float32, L2-normalised frozen sentence embeddings
+    tokenizer: str
+    text_model: str
+    meta: dict = field(default_factory=dict)
+
+
+class Cache:
+    """A sealed cache opened for reading. Use open_cache()."""
+
+    def __init__(self, path: Path, text: str | None = None):
+        self.path = Path(path)
+        index_path = self.path / KEYPOINT_INDEX
+        if not index_path.exists():
+            raise CacheError(f"{self.path}: not a sealed cache (no {KEYPOINT_INDEX}); "
+                             "run `make features` to build or finish it")
+        self.meta = json.loads(index_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise CacheError(f"{self.path}: cache format {self.meta.get('format_version')} "
+                             f"but this sign2text reads format {FORMAT_VERSION}; rebuild it")
+        self._check_sizes(self.meta["shards"], self.path)
+        self._verified: set[str] = set()
+        self.n = self.meta["n_samples"]
+        self.failures = self.meta["failures"]
+        self.text_names = sorted(p.name for p in self.path.glob("text-*")
+                                 if ".tmp-" not in p.name and (p / TEXT_INDEX).exists())
+        self._text_name = self._choose_text(text)
+        self.samples = self._sample_table()
+
+    # -- integrity
+    def _check_sizes(self, shards, base: Path) -> None:
+        for shard in shards:
+            for rel, (size, _) in shard["files"].items():
+                p = base / rel
+                if not p.exists() or p.stat().st_size != size:
+                    raise CacheError(f"{self.path}: shard {shard['path']} is damaged: "
+                                     f"{rel} is {'missing' if not p.exists() else 'of the wrong size'}; "
+                                     "delete the cache folder and run `make features` again")
+
+    def _verify(self, rels: list[str], checksums: dict, base: Path, what: str) -> None:
+        for rel in rels:
+            if rel in self._verified:
+                continue
+            if crc32_file(base / rel) != checksums[rel][1]:
+                raise CacheError(f"{self.path}: {what} is damaged: checksum mismatch in {rel}; "
+                                 "delete the cache folder and run `make features` again")
+            self._verified.add(rel)
+
+    # -- samples and text
+    def _choose_text(self, text: str | None) -> str | None:
+        if text is not None:
+            name = text if text.startswith("text-") else f"text-{text[:12]}"
+            if name not in self.text_names:
+                raise CacheError(f"{self.path}: no text store {text!r}; have {self.text_names}")
+            return name
+        if not self.text_names:
+            return None
+        # several text settings: the most recently sealed one is the default
+        return max(self.text_names, key=lambda n: (self.path / n / TEXT_INDEX).stat().st_mtime_ns)
+
+    def _sample_table(self) -> dict[str, np.ndarray]:
+        rows = self.meta["samples"]
+        table = {"id": np.array([s["id"] for s in rows], dtype=object),
+                 "n_frames": np.array([s["n_frames"] for s in rows], dtype=np.int64),
+                 "fps": np.array([s["fps"] for s in rows], dtype=np.float32)}
+        if self._text_name is not None:
+            ann = self._text_index(self._text_name)["annotations"]
+            if list(ann["id"]) != list(table["id"]):
+                raise CacheError(f"{self.path / self._text_name}: text store is not aligned with the keypoints")
+            for key in ("text", "split", "signer", "label"):
+                table[key] = np.array(ann[key], dtype=object)
+        return table
+
+    def _text_index(self, name: str) -> dict:
+        return json.loads((self.path / name / TEXT_INDEX).read_text())
+
+    def text(self, name: str | None = None) -> TextArrays:
+        name = self._text_name if name is None else (name if name.startswith("text-") else f"text-{name[:12]}")
+        if name is None:
+            raise CacheError(f"{self.path}: has no text store; run `make features` with a manifest that has text")
+        index = self._text_index(name)
+        base = self.path / name
+        for rel, (size, crc) in index["files"].items():
+            if not (base / rel).exists() or (base / rel).stat().st_size != size:
+                raise CacheError(f"{self.path}: text store {name} is damaged: {rel} missing or resized")
+        self._verify([f"{name}/{rel}" for rel in index["files"]],
+                     {f"{name}/{k}": v for k, v in index["files"].items()}, self.path, f"text store {name}")
+        data = base / ("text.zarr" if index["format"] == "zarr" else "text.h5")
+        arrays = _read_arrays(data, index["format"], ["input_ids", "lengths", "embeddings"])
+        return TextArrays(arrays["input_ids"], arrays["lengths"], arrays["embeddings"],
+                          index["tokenizer"], index["text_model"], meta=index)
+
+    # -- keypoints
+    def load_keypoints(self, components=("pose", "left_hand", "right_hand")) -> KeypointArrays:
+        """All samples' frames of the given components, concatenated in sample order."""
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
+        lengths = self.samples["n_frames"]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        total = int(offsets[-1])
+        frames = {c: None for c in components}
+        present = np.empty((total, len(COMPONENTS)), dtype=bool)
+        at = 0
+        for shard in self.meta["shards"]:
+            path = self.path / "keypoints" / shard["path"]
+            names = list(components) + ["present", "offsets"]
+            for name in names:
+                self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
+                             shard["files"], self.path, f"shard {shard['path']}")
+            arrays = _read_arrays(path, shard["format"], names)
+            n = len(arrays["present"])
+            for c in components:
+                if frames[c] is None:  # allocate once, then fill: no concatenate copies
+                    frames[c] = np.empty((total,) + arrays[c].shape[1:], dtype=np.float16)
+                frames[c][at:at + n] = arrays[c]
+            present[at:at + n] = arrays["present"]
+            at += n
+        if at != total:
+            raise CacheError(f"{self.path}: index says {total} frames but shards hold {at}")
+        return KeypointArrays(frames, present, offsets)
+
+    def sample(self, i: int, components=COMPONENTS) -> np.ndarray:
+        """One sample as a (T, 543, 3) float32 array in the full layout (slow path: inspection, tests)."""
+        s = self.meta["samples"][i]
+        shard = next(sh for sh in self.meta["shards"] if sh["shard"] == s["shard"])
+        path = self.path / "keypoints" / shard["path"]
+        names = list(components) + ["offsets"]
+        for name in names:
+            self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
+                         shard["files"], self.path, f"shard {shard['path']}")
+        arrays = _read_arrays(path, shard["format"], names)
+        local = [x["id"] for x in self.meta["samples"] if x["shard"] == s["shard"]].index(s["id"])
+        a, b = arrays["offsets"][local], arrays["offsets"][local + 1]
+        out = np.full((b - a, 543, 3), np.nan, dtype=np.float32)
+        for c in components:
+            out[:, COMPONENT_SLICES[c]] = arrays[c][a:b]
+        return out
+
+
+def open_cache(path, text: str | None = None) -> Cache:
+    """Open a sealed cache folder. text: which text store (name or fingerprint); default the newest."""
+    return Cache(Path(path), text=text)
+
+
+# ----------------------------------------------------------------------------- one-call writer
+
+def write_cache(out_dir, rows: list[dict], keypoints: list[np.ndarray], text: dict | None = None,
+                format: str = "zarr", shard_size: int = 256, fingerprint: str = "direct") -> Path:
+    """Write a sealed cache straight from arrays (tests, synthetic data): same format as `make features`.
+    rows[i] = {"id", "text", "split", "signer", "label", "fps"}; text = {"input_ids", "lengths",
+    "embeddings", "tokenizer", "text_model"} aligned with rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, -(-len(rows) // shard_size))
+    for s in range(n_shards):
+        lo, hi = s * shard_size, min(len(rows), (s + 1) * shard_size)
+        write_keypoint_shard(out_dir, s, format, [{"id": r["id"], "row": i, "fps": r.get("fps", 25.0)}
+                                                  for i, r in enumerate(rows[lo:hi], lo)], keypoints[lo:hi], [])
+    seal_keypoints(out_dir, n_shards, {"name": out_dir.name, "fingerprint": fingerprint, "format": format,
+                                       "settings": {}, "versions": {}})
+    if text is not None:
+        ann = {k: [str(r.get(k, "")) for r in rows] for k in ("id", "text", "split", "signer", "label")}
+        write_text_store(out_dir, fingerprint, format, ann, text["input_ids"], text["lengths"],
+                         text["embeddings"], {"tokenizer": text["tokenizer"], "text_model": text["text_model"]})
+    return out_dir
