@@ -1,0 +1,58 @@
+# sign2text: `make demo` runs the whole job on built-in data; `make test` runs the tests.
+# Every target installs what it needs first (into .venv), so a fresh clone works.
+PY        := .venv/bin/python
+MANIFEST  ?= data/demo/small/manifest.csv
+CACHE     ?= cache
+CONFIG    ?= configs/train/recommended.yaml
+RUN       ?= runs/exp1
+SPLIT     ?= test
+JOBS      ?=
+FORMAT    ?= zarr
+RESUME    ?=
+DEMO_SCALE ?= full
+MESSI     := /usr/share/doc/opencv-doc/examples/data/messi5.jpg
+
+.PHONY: setup features train eval demo ablation test bench clean-venv
+
+setup: .venv/.installed $(MESSI)
+
+# torch first and pinned: an unpinned torch pulled in by a dependency is a multi-GB CUDA build,
+# while 2.13.0 is the CPU wheel these machines carry.
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# a real photo of a person for the MediaPipe tests (Debian's opencv-doc)
+$(MESSI):
+	(apt-get update -qq && apt-get install -y -qq opencv-doc) || \
+	  (echo "cannot install Debian's opencv-doc (needed for $(MESSI))"; exit 1)
+
+features: setup
+	@if [ "$(MANIFEST)" = "data/demo/small/manifest.csv" ] && [ ! -f $(MANIFEST) ]; then \
+	  $(PY) -m preprocess synthetic --out data/demo/small --scale small; fi
+	$(PY) -m preprocess features --manifest $(MANIFEST) --out $(CACHE) --format $(FORMAT) $(if $(JOBS),--jobs $(JOBS))
+
+train: setup
+	$(PY) -m s2t train --cache $(CACHE) --config $(CONFIG) --run $(RUN) $(if $(RESUME),--resume)
+
+eval: setup
+	$(PY) -m s2t eval --run $(RUN) --split $(SPLIT)
+
+demo: setup
+	$(PY) -m s2t.demo --scale $(DEMO_SCALE)
+
+ablation: setup
+	$(PY) -m s2t.demo --scale $(DEMO_SCALE) --ablation
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_train.py
+
+clean-venv:
+	rm -rf .venv

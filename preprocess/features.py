@@ -1,0 +1,227 @@
+"""`make features`: manifest -> keypoints (MediaPipe / .pose / .npy) + tokenized text -> sealed cache.
+
+Keypoints are the expensive part (~25 frames/s per core): they are written in shards by joblib
+workers, each shard sealed atomically, so a killed run resumes with the shards it had finished.
+Text (tokenizer ids + frozen sentence embeddings) is cheap and lives in its own store with its
+own fingerprint, so changing the text model never re-extracts a video.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import store
+from .manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "features" / "default.yaml"
+
+
+def load_settings(path: Path = DEFAULT_CONFIG, **overrides) -> dict:
+    """Feature settings from YAML, with non-None keyword overrides for keys of either section."""
+    cfg = yaml.safe_load(Path(path).read_text())
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section = next((s for s in ("keypoints", "text") if key in cfg[s]), None)
+        if section is None:
+            raise KeyError(f"unknown feature setting {key!r}; known: "
+                           f"{sorted(cfg['keypoints']) + sorted(cfg['text'])}")
+        cfg[section][key] = value
+    if cfg["keypoints"]["format"] not in store.FORMATS:
+        raise ValueError(f"format must be one of {store.FORMATS}, not {cfg['keypoints']['format']!r}")
+    return cfg
+
+
+def _versions(*packages) -> dict[str, str]:
+    out = {}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "absent"
+    return out
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def keypoint_fingerprint(rows, kp_settings: dict, versions: dict) -> str:
+    """Changes when an input file, its id, an extraction setting or an extractor version changes."""
+    files = []
+    for r in rows:
+        st = r.path.stat()
+        files.append([r.id, str(r.path), st.st_size, st.st_mtime_ns, getattr(r, "fps", None)])
+    return _hash({"format_version": store.FORMAT_VERSION, "files": files,
+                  "settings": kp_settings, "versions": versions})
+
+
+# ----------------------------------------------------------------------------- keypoint shards
+
+def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, default_fps: float) -> dict:
+    """Worker: extract the rows of one shard and seal it. Bad inputs become failures, never crashes."""
+    from .keypoint_sources import load_keypoints  # imported in the worker: mediapipe loads lazily there
+
+    samples, keypoints, failures = [], [], []
+    for r in rows:
+        try:
+            arr, fps = load_keypoints(r.path, target_fps=target_fps,
+                                      default_fps=getattr(r, "fps", None) or default_fps)
+            if len(arr) == 0:
+                raise ValueError("no frames")
+            samples.append({"id": r.id, "row": r.row, "fps": fps})
+            keypoints.append(arr)
+        except Exception as e:  # one bad file must not cost the other hours of extraction
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            failures.append({"id": r.id, "path": str(r.path), "row": r.row, "reason": reason,
+                             "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
+    marker = store.write_keypoint_shard(Path(cache_dir), index, fmt, samples, keypoints, failures)
+    return {"shard": index, "n": len(rows), "failures": len(failures),
+            "frames": sum(s["n_frames"] for s in marker["samples"])}
+
+
+def _clean_unfinished(cache_dir: Path) -> None:
+    """Remove what a killed run left half-written: temp files and shards without a marker."""
+    kp = cache_dir / "keypoints"
+    for p in list(kp.glob("*.tmp-*")) + list(cache_dir.glob("*.tmp*")):
+        store._remove(p)
+    for p in kp.glob("shard-*.*"):
+        if p.suffix != ".json" and not (kp / (p.name.split(".")[0] + ".json")).exists():
+            store._remove(p)
+
+
+def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions: dict, jobs: int,
+                    progress: bool = True) -> dict:
+    from joblib import Parallel, delayed
+    from tqdm import tqdm
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _clean_unfinished(cache_dir)
+    size = kp["shard_size"]
+    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    todo = [i for i in range(len(chunks)) if store.read_shard_marker(cache_dir, i) is None]
+    done = len(chunks) - len(todo)
+    if done:
+        print(f"resuming: {done}/{len(chunks)} shards already sealed, {len(todo)} to do", file=sys.stderr)
+    t0 = time.perf_counter()
+    frames = 0
+    with tqdm(total=sum(len(chunks[i]) for i in todo), unit="sample", desc="keypoints",
+              disable=not progress) as bar:
+        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(extract_shard)(str(cache_dir), i, kp["format"], chunks[i], kp["fps"], kp["default_fps"])
+            for i in todo)
+        for res in results:
+            frames += res["frames"]
+            bar.update(res["n"])
+            bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}", failed=res["failures"])
+    meta = {"name": cache_dir.name, "fingerprint": fingerprint, "format": kp["format"],
+            "settings": kp, "versions": versions, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return store.seal_keypoints(cache_dir, len(chunks), meta)
+
+
+# ----------------------------------------------------------------------------- text
+
+def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True) -> tuple[Path, bool]:
+    """Tokenize and embed the sentences of the cached samples; reuse a store with the same fingerprint."""
+    from .text import SentenceEncoder, load_tokenizer, tokenize, tokenizer_id, vocab_hash, weights_hash
+
+    index = json.loads((cache_dir / store.KEYPOINT_INDEX).read_text())
+    by_id = {r.id: r for r in rows}
+    cached = [by_id[s["id"]] for s in index["samples"]]
+    annotations = {"id": [r.id for r in cached], "text": [r.text for r in cached],
+                   "split": [r.split for r in cached], "signer": [r.signer for r in cached],
+                   "label": [r.label for r in cached]}
+    tokenizer = load_tokenizer(tx["tokenizer"])
+    fingerprint = _hash({"format_version": store.FORMAT_VERSION, "annotations": annotations,
+                         "vocab": vocab_hash(tokenizer), "max_length": tx["max_length"],
+                         "tokenizer": tokenizer_id(tx["tokenizer"]), "text_model": tokenizer_id(tx["text_model"]),
+                         "weights": weights_hash(tx["text_model"])})
+    path = store.text_store_dir(cache_dir, fingerprint)
+    if (path / store.TEXT_INDEX).exists():
+        return path, True
+    input_ids, lengths = tokenize(tokenizer, annotations["text"], tx["max_length"])
+    # the corpus repeats sentences many times: embed each distinct sentence once
+    unique, inverse = np.unique(np.array(annotations["text"], dtype=object), return_inverse=True)
+    encoder = SentenceEncoder(tx["text_model"])
+    embeddings = encoder.embed(list(unique), batch_size=tx["batch_size"], progress=progress)[inverse]
+    meta = {"tokenizer": tokenizer_id(tx["tokenizer"]), "text_model": tokenizer_id(tx["text_model"]),
+            "max_length": tx["max_length"], "vocab_hash": vocab_hash(tokenizer),
+            "weights_hash": weights_hash(tx["text_model"]), "n_distinct_texts": len(unique),
+            "versions": _versions("transformers", "tokenizers", "torch")}
+    return store.write_text_store(cache_dir, fingerprint, fmt, annotations, input_ids, lengths,
+                                  embeddings, meta), False
+
+
+# ----------------------------------------------------------------------------- the whole stage
+
+@dataclass
+class BuildResult:
+    path: Path
+    reused_keypoints: bool
+    reused_text: bool
+    n_samples: int
+    failures: list = field(default_factory=list)
+
+
+def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFIG, jobs: int | None = None,
+                progress: bool = True, **overrides) -> BuildResult:
+    """Build (or reuse, or finish) the cache for a manifest. Returns where it is and what was reused."""
+    cfg = load_settings(config, **overrides)
+    kp, tx = cfg["keypoints"], cfg["text"]
+    rows = read_manifest(manifest, preset=preset)
+    versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
+    fingerprint = keypoint_fingerprint(rows, kp, versions)
+    cache_dir = Path(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
+    reused_kp = (cache_dir / store.KEYPOINT_INDEX).exists()
+    if not reused_kp:
+        build_keypoints(rows, cache_dir, kp, fingerprint, versions, jobs or os.cpu_count() or 1, progress)
+    _, reused_text = build_text(rows, cache_dir, tx, kp["format"], progress)
+    cache = store.open_cache(cache_dir)
+    return BuildResult(cache_dir, reused_kp, reused_text, cache.n, cache.failures)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m preprocess features",
+        description="Extract keypoints (MediaPipe Holistic for videos; .pose and .npy/.npz read as they are) "
+                    "and tokenize the sentences into a sealed cache folder CACHE/<manifest>-<fingerprint>/. "
+                    "Running it again on the same inputs reuses the cache; an interrupted run resumes.")
+    p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL with id, path, text [, split, signer, label, fps]")
+    p.add_argument("--out", default="cache", help="folder that holds caches (default: cache/)")
+    p.add_argument("--preset", choices=["how2sign", "phoenix"], help="read a public dataset's own manifest layout")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="feature settings YAML (default: %(default)s)")
+    p.add_argument("--format", choices=store.FORMATS, help="store format (overrides the config)")
+    p.add_argument("--fps", type=float, help="target frame rate (frames are subsampled by stride)")
+    p.add_argument("--shard-size", type=int, dest="shard_size", help="samples per shard")
+    p.add_argument("--tokenizer", help="HF id or folder of the tokenizer (default: offline DistilBERT-uncased vocab)")
+    p.add_argument("--text-model", dest="text_model", help="HF id or folder of the sentence encoder")
+    p.add_argument("--max-length", type=int, dest="max_length", help="tokens per sentence")
+    p.add_argument("--jobs", type=int, default=None, help="parallel workers (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    res = build_cache(a.manifest, a.out, preset=a.preset, config=a.config, jobs=a.jobs, progress=not a.quiet,
+                      format=a.format, fps=a.fps, shard_size=a.shard_size, tokenizer=a.tokenizer,
+                      text_model=a.text_model, max_length=a.max_length)
+    if res.reused_keypoints and res.reused_text:
+        print(f"reused the cache {res.path} (same inputs and settings): nothing to do")
+    else:
+        print(f"cache ready: {res.path}  (keypoints {'reused' if res.reused_keypoints else 'extracted'}, "
+              f"text {'reused' if res.reused_text else 'encoded'})")
+    print(f"{res.n_samples} samples cached, {len(res.failures)} failed")
+    for f in res.failures[:10]:
+        print(f"  failed: {f['id']} ({f['path']}): {f['reason']}")
+    if len(res.failures) > 10:
+        print(f"  ... and {len(res.failures) - 10} more, see {res.path / store.FAILURES}")
+    return 0

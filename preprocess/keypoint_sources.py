@@ -1,0 +1,181 @@
+"""Read one sample's keypoints from any supported source into the shared 543-point layout.
+
+Sources: a video (MediaPipe Holistic, see mediapipe_extract), a folder of frame images (PHOENIX),
+a pose-format `.pose` file (points mapped by name), or a `.npy`/`.npz` array of (T, 543, 3|4).
+Every reader returns (float32 array (T, 543, 3) with NaN for missing points, fps).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.layout import COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NAMES
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".webm", ".mkv")
+KEYPOINT_EXTENSIONS: tuple[str, ...] = (".pose", ".npy", ".npz")
+FRAME_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+
+class SourceError(Exception):
+    """One input could not be turned into keypoints; `path` and `reason` go to the failures file."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # picklable across joblib/multiprocessing workers
+        return (type(self), (self.path, self.reason))
+
+
+def source_kind(path) -> str:
+    """'video', 'frames' (a folder of images), 'pose', 'npy' or 'npz'; SourceError otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        return "frames"
+    ext = p.suffix.lower()
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    if ext in KEYPOINT_EXTENSIONS:
+        return ext[1:]
+    raise SourceError(path, f"unsupported file type {ext or '(no extension)'!r}; expected a video "
+                      f"({', '.join(VIDEO_EXTENSIONS)}), {', '.join(KEYPOINT_EXTENSIONS)} "
+                      "or a folder of frame images")
+
+
+def frame_kept(i, fps_in: float, target_fps: float | None):
+    """Whether frame i (int or int array) survives resampling fps_in -> target_fps by stride.
+
+    Frame i (time i/fps_in) is kept when it is the first frame at or after a target tick k/target_fps,
+    i.e. when floor(i*r) > floor((i-1)*r) with r = target/fps_in. Never upsamples.
+    """
+    i = np.asarray(i, dtype=np.float64)
+    if target_fps is None or target_fps >= fps_in:
+        return np.ones(i.shape, dtype=bool)
+    r = target_fps / fps_in
+    eps = 1e-9  # ticks that land exactly on a frame time must count despite float rounding
+    return np.floor(i * r + eps) > np.floor((i - 1) * r + eps)
+
+
+def stride_mask(n_frames: int, fps_in: float, target_fps: float | None) -> np.ndarray:
+    """Boolean mask over n_frames of the frames kept by `frame_kept`."""
+    return frame_kept(np.arange(n_frames), fps_in, target_fps)
+
+
+def output_fps(fps_in: float, target_fps: float | None) -> float:
+    return float(fps_in) if target_fps is None or target_fps >= fps_in else float(target_fps)
+
+
+def load_keypoints(path, target_fps: float | None = None, *, default_fps: float = 25.0,
+                   progress=None) -> tuple[np.ndarray, float]:
+    """(T, 543, 3) float32 keypoints (NaN = missing) and their frame rate, from any source.
+
+    default_fps: frame rate of .npy files, of .npz files without an `fps` key and of frame folders.
+    progress: optional callable, called with 1 per processed video frame (e.g. tqdm's update).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(path, "file not found")
+    kind = source_kind(p)
+    if kind in ("video", "frames"):
+        from preprocess.mediapipe_extract import extract_video  # keeps mediapipe out of other paths
+        return extract_video(p, target_fps, progress=progress, frames_fps=default_fps)
+    if kind == "pose":
+        points, fps = _read_pose(p)
+    else:
+        points, fps = _read_array(p, default_fps)
+    if len(points) == 0:
+        raise SourceError(path, "zero frames")
+    keep = stride_mask(len(points), fps, target_fps)
+    return np.ascontiguousarray(points[keep]), output_fps(fps, target_fps)
+
+
+def _read_array(path: Path, default_fps: float) -> tuple[np.ndarray, float]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SourceError(path, f"cannot read array file ({e})") from e
+    fps = default_fps
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = [k for k in loaded.files if k != "fps"]
+            if "keypoints" in keys:
+                key = "keypoints"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise SourceError(path, f"npz holds arrays {keys}; expected one array or a 'keypoints' key")
+            arr = loaded[key]
+            if "fps" in loaded.files:
+                fps = float(loaded["fps"])
+    else:
+        arr = loaded
+    if arr.ndim != 3 or arr.shape[1] != N_POINTS or arr.shape[2] not in (3, 4):
+        raise SourceError(path, f"array has shape {arr.shape}; expected (T, {N_POINTS}, 3 or 4)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise SourceError(path, f"array has dtype {arr.dtype}; expected floating point")
+    if not fps > 0:
+        raise SourceError(path, f"frame rate {fps} is not positive")
+    return arr[..., :N_DIMS].astype(np.float32), fps
+
+
+def _read_pose(path: Path) -> tuple[np.ndarray, float]:
+    """First person of a pose-format file, mapped by point name into the 543 layout.
+
+    pose-format's MediaPipe writer stores x*width, y*height (pixels) and z as given; we divide x, y by
+    the header's width/height to get back MediaPipe's image-normalised units (as videos give).
+    """
+    from pose_format import Pose
+
+    try:
+        with open(path, "rb") as f:
+            pose = Pose.read(f.read())
+    except Exception as e:  # pose-format raises assorted struct/value errors on damaged files
+        raise SourceError(path, f"cannot read .pose file ({type(e).__name__}: {e})") from e
+    header, body = pose.header, pose.body
+    if body.data.ndim != 4 or body.data.shape[1] == 0:
+        raise SourceError(path, f"pose body has shape {body.data.shape}; expected (frames, people>=1, points, dims)")
+
+    index = _layout_index()
+    src_cols, dst_cols, offset = [], [], 0
+    for comp in header.components:
+        ours = POSE_FORMAT_NAMES.get(comp.name)
+        for j, point in enumerate(comp.points):
+            if ours is not None and (ours, point) in index:
+                src_cols.append(offset + j)
+                dst_cols.append(index[(ours, point)])
+        offset += len(comp.points)
+    if not src_cols:
+        names = [c.name for c in header.components]
+        raise SourceError(path, f"no MediaPipe Holistic points in components {names}; expected "
+                          f"{sorted(POSE_FORMAT_NAMES)}")
+
+    data = np.ma.getdata(body.data)[:, 0].astype(np.float32)  # first person
+    missing = np.ma.getmaskarray(body.data)[:, 0].any(-1) | (np.asarray(body.confidence)[:, 0] <= 0)
+    n_dims = min(data.shape[-1], N_DIMS)
+    out = np.full((data.shape[0], N_POINTS, N_DIMS), np.nan, dtype=np.float32)
+    picked = data[:, src_cols, :n_dims]
+    if n_dims < N_DIMS:  # 2D file: points were detected, depth unknown -> 0, not NaN (NaN means absent)
+        picked = np.concatenate([picked, np.zeros(picked.shape[:2] + (N_DIMS - n_dims,), np.float32)], -1)
+    out[:, dst_cols] = picked
+    width, height = header.dimensions.width, header.dimensions.height
+    if width > 0 and height > 0:
+        out[..., 0] /= width
+        out[..., 1] /= height
+    rows, cols = np.nonzero(missing[:, src_cols])
+    out[rows, np.asarray(dst_cols)[cols]] = np.nan
+    return out, float(body.fps)
+
+
+def _layout_index() -> dict[tuple[str, str], int]:
+    """(our component, pose-format point name) -> index in the 543 layout, from pose-format's names."""
+    from preprocess.mediapipe_extract import holistic_point_names
+
+    index = {}
+    for comp, names in holistic_point_names().items():
+        start = COMPONENT_SLICES[comp].start
+        for j, name in enumerate(names):
+            index[(comp, name)] = start + j
+    return index
+

@@ -1,0 +1,171 @@
+"""MediaPipe Holistic keypoints from a video (or a folder of frame images).
+
+The only module that imports mediapipe (directly or through pose_format.utils.holistic), and only
+inside functions: importing it costs ~1 s and most of the project never needs it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from preprocess.keypoint_sources import FRAME_EXTENSIONS, SourceError, frame_kept, output_fps
+from preprocess.layout import COMPONENT_SIZES, COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NAMES
+
+# Holistic parts in our layout order, with the attribute MediaPipe returns them under.
+_RESULT_FIELDS = {
+    "pose": "pose_landmarks",
+    "face": "face_landmarks",
+    "left_hand": "left_hand_landmarks",
+    "right_hand": "right_hand_landmarks",
+}
+
+
+def _import_holistic():
+    os.environ.setdefault("GLOG_minloglevel", "2")  # must be set before mediapipe loads its C++ side
+    from mediapipe.python.solutions import holistic
+
+    return holistic
+
+
+@functools.lru_cache(maxsize=1)
+def holistic_point_names() -> dict[str, list[str]]:
+    """Point names per component of our layout, as pose-format's MediaPipe header names them."""
+    _import_holistic()
+    from pose_format.utils.holistic import holistic_components
+
+    by_name = {c.name: list(c.points) for c in holistic_components()}
+    names = {ours: by_name[theirs] for theirs, ours in POSE_FORMAT_NAMES.items()}
+    for comp, pts in names.items():  # guard against a pose-format change silently shifting points
+        if len(pts) != COMPONENT_SIZES[comp]:
+            raise RuntimeError(f"pose-format names {len(pts)} {comp} points; layout expects {COMPONENT_SIZES[comp]}")
+    return names
+
+
+def extract_video(path, target_fps: float | None = None, *, progress: Callable[[int], object] | None = None,
+                  frames_fps: float = 25.0) -> tuple[np.ndarray, float]:
+    """Run MediaPipe Holistic over a video: ((T, 543, 3) float32, NaN = not detected; fps of the output).
+
+    target_fps subsamples by stride (never upsamples); progress, if given, is called with 1 per
+    processed frame (tqdm's `update` fits). A folder of images is read as frames at `frames_fps`.
+    Raises SourceError when the video cannot be decoded, has no frames, or shows no person.
+    """
+    path = Path(path)
+    holistic = _import_holistic()
+    fps_in, frames = _open_frames(path, frames_fps)
+    rows: list[np.ndarray] = []
+    n_decoded = 0
+    # A fresh instance per video: static_image_mode=False tracks across frames, and that state must
+    # not carry over from the previous video. Creation is ~25 ms, the first frame ~0.2 s (model load).
+    with holistic.Holistic(static_image_mode=False, model_complexity=1) as model, \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
+        for i, rgb in enumerate(frames):
+            n_decoded += 1
+            if not frame_kept(i, fps_in, target_fps):
+                continue
+            rgb.flags.writeable = False  # lets MediaPipe skip a copy
+            rows.append(_to_array(model.process(rgb)))
+            if progress is not None:
+                progress(1)
+    if n_decoded == 0:
+        raise SourceError(path, "zero frames decoded")
+    points = np.stack(rows)
+    pose = points[:, COMPONENT_SLICES["pose"], 0]
+    if np.isnan(pose).all():
+        raise SourceError(path, f"no person detected in any of {len(rows)} frames")
+    return points, output_fps(fps_in, target_fps)
+
+
+def _to_array(results) -> np.ndarray:
+    out = np.full((N_POINTS, N_DIMS), np.nan, dtype=np.float32)
+    for comp, field in _RESULT_FIELDS.items():
+        landmarks = getattr(results, field)
+        if landmarks is not None:
+            out[COMPONENT_SLICES[comp]] = [(p.x, p.y, p.z) for p in landmarks.landmark]
+    return out
+
+
+def _open_frames(path: Path, frames_fps: float) -> tuple[float, Iterator[np.ndarray]]:
+    """(fps, iterator of RGB uint8 frames). OpenCV first; PyAV when OpenCV cannot open or read it."""
+    if not path.exists():
+        raise SourceError(path, "file not found")
+    if path.is_dir():
+        return _folder_frames(path, frames_fps)
+    opened = _opencv_frames(path)
+    return opened if opened is not None else _pyav_frames(path)
+
+
+def _opencv_frames(path: Path):
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    ok, first = cap.read() if cap.isOpened() else (False, None)
+    fps = cap.get(cv2.CAP_PROP_FPS) if ok else 0.0
+    if not ok or not fps > 0:  # unreadable or no frame rate: let PyAV try
+        cap.release()
+        return None
+
+    def frames():
+        try:
+            frame = first
+            while frame is not None:
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                ok, frame = cap.read()
+                if not ok:
+                    frame = None
+        finally:
+            cap.release()
+
+    return float(fps), frames()
+
+
+def _pyav_frames(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise SourceError(path, f"cannot open video (OpenCV and PyAV both failed: {e})") from e
+    if not container.streams.video:
+        container.close()
+        raise SourceError(path, "no video stream")
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        container.close()
+        raise SourceError(path, "video has no frame rate")
+
+    def frames():
+        i = 0
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+                i += 1
+        except av.error.FFmpegError as e:
+            raise SourceError(path, f"cannot decode frame {i}: {e}") from e
+        finally:
+            container.close()
+
+    return float(rate), frames()
+
+
+def _folder_frames(folder: Path, fps: float):
+    import cv2
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+    if not files:
+        raise SourceError(folder, f"folder holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
+
+    def frames():
+        for f in files:
+            bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise SourceError(f, "cannot read frame image")
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    return float(fps), frames()

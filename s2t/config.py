@@ -1,0 +1,227 @@
+"""Training configuration: one dataclass, filled from YAML presets and `key=value` overrides.
+
+    cfg = load_config("configs/train/recommended.yaml")
+    cfg = load_config(["configs/train/recommended.yaml", "configs/train/cpu_scale.yaml"],
+                      ["batch_size=64", "loss_weights.clip=0.5"])
+
+Files are applied left to right over the dataclass defaults, then the overrides. Every key is
+checked: an unknown key or a value of the wrong type is an error that lists what is valid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class LossWeights:
+    supcon: float = 1.0  # supervised contrastive loss over video embeddings (same label = positive)
+    clip: float = 1.0    # symmetric video-text contrastive loss; 0 turns it off
+    ce: float = 2.0      # decoder cross-entropy (translation)
+
+
+@dataclass
+class Augment:
+    """Batched, on-device augmentation of normalised keypoints (training batches only)."""
+    enabled: bool = True
+    rotate_deg: float = 10.0   # in-plane rotation, uniform in [-r, r] degrees, per sample
+    scale: float = 0.1         # isotropic scale factor in [1-s, 1+s]
+    shift: float = 0.05        # translation in shoulder widths, per axis
+    speed: float = 0.2         # playback speed factor in [1-s, 1+s] (time resampling)
+    crop: float = 0.1          # drop up to this fraction of the clip (split between start and end)
+    frame_drop: float = 0.05   # probability to mask out each frame
+    hand_drop: float = 0.1     # probability to blank one hand for the whole sample
+
+
+@dataclass
+class TrainConfig:
+    # --- data --------------------------------------------------------------------------------
+    components: list[str] = field(default_factory=lambda: ["pose", "left_hand", "right_hand"])
+    max_frames: int = 128            # longer clips are uniformly subsampled to this many frames
+    text_store: str | None = None    # which text store of the cache (None: its default)
+    tokenizer: str = "wordpiece"     # "wordpiece": the cache's DistilBERT ids; "word": word vocab of train split
+    max_text_len: int = 40           # tokens incl. [CLS]/[SEP]; longer sentences are truncated
+    compact_vocab: bool = True       # decoder vocabulary = tokens seen in training (+ specials)
+    samples_per_label: int = 4       # K of the P x K sampler (1 = plain length-bucketed batches)
+    bucket_batches: int = 50         # length bucketing window, in batches (sort by length inside it)
+    augment: Augment = field(default_factory=Augment)
+
+    # --- model -------------------------------------------------------------------------------
+    embed_dim: int = 512
+    proj_dim: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 2
+    heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.2
+    shared_head: bool = False        # True = seed setup: one head for contrastive loss AND decoder input
+
+    # --- losses ------------------------------------------------------------------------------
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    temperature: float = 0.05        # SupCon temperature
+    clip_logit_scale_init: float = math.log(1 / 0.07)  # CLIP's init
+    clip_logit_scale_max: float = math.log(100)        # CLIP's clamp
+    label_smoothing: float = 0.1
+    queue_size: int = 0              # MoCo-style queue of past embeddings (0 = off)
+
+    # --- optimisation ------------------------------------------------------------------------
+    batch_size: int = 128            # per micro-batch (effective batch = batch_size * accumulation_steps)
+    accumulation_steps: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    max_steps: int = 20000           # optimizer steps
+    grad_clip: float = 1.0           # max global grad norm (0 = off)
+    precision: str = "auto"          # auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32
+    max_bad_steps: int = 20          # stop after this many steps with a NaN/inf loss
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    eval_every: int = 500
+    log_every: int = 10
+    ckpt_every: int = 1000
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        from preprocess.layout import COMPONENTS
+        bad = [c for c in self.components if c not in COMPONENTS]
+        if bad or not self.components:
+            raise ConfigError(f"components: {bad or 'empty'} not valid; choose from {list(COMPONENTS)}")
+        if self.tokenizer not in ("wordpiece", "word"):
+            raise ConfigError(f"tokenizer must be 'wordpiece' or 'word', got {self.tokenizer!r}")
+        if self.precision not in ("auto", "fp16", "bf16", "fp32"):
+            raise ConfigError(f"precision must be auto|fp16|bf16|fp32, got {self.precision!r}")
+        if self.batch_size % self.samples_per_label:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of "
+                              f"samples_per_label ({self.samples_per_label})")
+        if self.embed_dim % self.heads:
+            raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
+        for name in ("max_frames", "batch_size", "accumulation_steps", "max_steps", "samples_per_label",
+                     "embed_dim", "proj_dim", "encoder_layers", "heads", "log_every", "eval_every",
+                     "ckpt_every", "max_text_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        w = self.loss_weights
+        if min(w.supcon, w.clip, w.ce) < 0 or w.supcon + w.clip + w.ce == 0:
+            raise ConfigError(f"loss_weights must be >= 0 and not all 0, got {w}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML files and key=value overrides, both type-checked against the dataclasses.
+
+def _hints(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, tp, key: str):
+    """Check (and minimally convert) a parsed YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[]") for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _merge(obj, updates: dict, prefix: str = "") -> None:
+    """Apply a nested dict onto a dataclass instance in place, checking keys and types."""
+    hints = _hints(type(obj))
+    for key, value in updates.items():
+        full = prefix + key
+        if key not in hints:
+            valid = ", ".join(prefix + k for k in hints)
+            raise ConfigError(f"unknown config key {full!r}; valid keys: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of {list(_hints(type(current)))}")
+            _merge(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=value' -> {'a': {'b': value}} with the value parsed as YAML (so 1e-4, true, [a, b] work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    raw = raw.strip()
+    value = None if raw in ("", "None", "none") else yaml.safe_load(raw)
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(paths: str | Path | list | tuple | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults <- each YAML file in order <- each `key=value` override. Validated at the end."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    cfg = TrainConfig()
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        try:
+            _merge(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for o in overrides:
+        _merge(cfg, parse_override(o))
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a config saved with `to_dict` (e.g. a run's config.yaml)."""
+    cfg = TrainConfig()
+    _merge(cfg, data)
+    cfg.validate()
+    return cfg

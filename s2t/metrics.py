@@ -1,0 +1,274 @@
+"""Evaluation metrics: embedding collapse, retrieval, generation quality, visual dependence.
+
+Pure functions on torch tensors (numpy arrays are accepted too). Training uses them for its
+periodic validation and `s2t.evaluate` for the full report, so both read the same numbers.
+
+Conventions
+- Embeddings are (N, D) rows; the caller passes the L2-normalised projections, cosine = dot.
+- `labels` group samples that count as "the same" (the sentence or a user-given group); strings
+  or ints, any sequence/array/tensor.
+- Retrieval ties are broken pessimistically (a wrong item scoring exactly as high as the best
+  right one ranks ahead of it), so identical (fully collapsed) embeddings cannot score Ret@1 = 1.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jiwer
+import numpy as np
+import sacrebleu
+import torch
+
+RETRIEVAL_KS = (1, 5, 10)
+BLOCK = 4096  # query rows per similarity block: 4096 x 11k fp32 = 180 MB
+
+
+def _tensor(x) -> torch.Tensor:
+    """Float32 CPU-or-device tensor from a tensor or array (fp16 embeddings are upcast)."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.float()
+
+
+def label_ids(labels) -> torch.Tensor:
+    """Map arbitrary labels (strings, ints) to dense int64 ids 0..C-1."""
+    if isinstance(labels, torch.Tensor):
+        labels = labels.cpu().numpy()
+    _, inverse = np.unique(np.asarray(labels), return_inverse=True)
+    return torch.as_tensor(inverse.reshape(-1), dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- collapse
+
+def pos_neg_similarity(emb, labels) -> tuple[float, float]:
+    """Mean cosine over same-label pairs (PosSim) and different-label pairs (NegSim), i != j.
+
+    Exact and O(N*D): the sum of e_i.e_j over all pairs is |sum e|^2 and over same-label pairs
+    sum_c |sum_{i in c} e_i|^2, so no N x N matrix is needed. NaN when a set of pairs is empty.
+    """
+    e = _tensor(emb).double()  # the sums cancel large terms; float64 keeps them exact enough
+    y = label_ids(labels).to(e.device)
+    n = e.shape[0]
+    if n == 0:
+        return float("nan"), float("nan")
+    class_sum = torch.zeros(int(y.max()) + 1, e.shape[1], dtype=e.dtype,
+                            device=e.device).index_add_(0, y, e)
+    counts = torch.bincount(y).double()
+    self_sum = (e * e).sum()
+    same = (class_sum * class_sum).sum() - self_sum          # same label, i != j
+    total = (e.sum(0) ** 2).sum() - self_sum                  # all i != j
+    n_pos = (counts * (counts - 1)).sum()
+    n_neg = n * n - (counts ** 2).sum()
+    pos = same / n_pos if n_pos > 0 else torch.tensor(float("nan"))
+    neg = (total - same) / n_neg if n_neg > 0 else torch.tensor(float("nan"))
+    return float(pos), float(neg)
+
+
+def pair_similarities(emb, labels, max_pairs: int = 200_000, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines of (a random sample of) same-label and different-label pairs, for histograms."""
+    e = _tensor(emb)
+    y = label_ids(labels).to(e.device)
+    n = e.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    if n * (n - 1) <= max_pairs:  # all ordered pairs i != j
+        i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        keep = i != j
+        i, j = i[keep], j[keep]
+    else:
+        i = torch.randint(n, (max_pairs,), generator=g)
+        j = (i + torch.randint(1, n, (max_pairs,), generator=g)) % n  # j != i
+    i, j = i.to(e.device), j.to(e.device)
+    sims = (e[i] * e[j]).sum(1)
+    same = y[i] == y[j]
+    return sims[same].cpu().numpy(), sims[~same].cpu().numpy()
+
+
+def alignment(video_emb, text_emb, alpha: float = 2.0) -> float:
+    """Wang & Isola 2020: E ||f(x) - g(y)||^alpha over the positive (matched) video-text pairs."""
+    v, t = _tensor(video_emb), _tensor(text_emb)
+    return float((v - t).norm(dim=1).pow(alpha).mean())
+
+
+def uniformity(emb, t: float = 2.0) -> float:
+    """Wang & Isola 2020: log E_{i != j} exp(-t ||e_i - e_j||^2), computed in row blocks."""
+    e = _tensor(emb)
+    n = e.shape[0]
+    if n < 2:
+        return float("nan")
+    sq = (e * e).sum(1)
+    parts = []
+    for start in range(0, n, BLOCK):
+        rows = slice(start, min(start + BLOCK, n))
+        d2 = (sq[rows, None] + sq[None, :] - 2 * e[rows] @ e.T).clamp_min(0)
+        d2[torch.arange(d2.shape[0]), torch.arange(rows.start, rows.stop)] = float("inf")  # no self
+        parts.append(torch.logsumexp((-t * d2).flatten(), 0))
+    return float(torch.logsumexp(torch.stack(parts), 0) - np.log(n * (n - 1)))
+
+
+def rankme(emb, eps: float = 1e-7) -> float:
+    """Garrido et al. 2023: exp(entropy) of the normalised singular values — the effective rank."""
+    s = torch.linalg.svdvals(_tensor(emb).double())
+    p = s / s.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+# --------------------------------------------------------------------------- retrieval
+
+def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: Callable
+                         ) -> torch.Tensor:
+    """1-based rank of the best-scoring correct gallery item for each query (ties pessimistic).
+
+    `correct(rows)` gives the (len(rows), G) bool matrix of right answers for a block of queries.
+    A query with no correct item in the gallery gets rank G + 1.
+    """
+    ranks = []
+    for start in range(0, queries.shape[0], BLOCK):
+        rows = torch.arange(start, min(start + BLOCK, queries.shape[0]), device=queries.device)
+        sim = queries[rows] @ gallery.T
+        ok = correct(rows)
+        best_ok = sim.masked_fill(~ok, float("-inf")).amax(1, keepdim=True)
+        wrong_ahead = ((sim >= best_ok) & ~ok).sum(1)
+        ranks.append(torch.where(ok.any(1), wrong_ahead + 1, gallery.shape[0] + 1))
+    return torch.cat(ranks).cpu()
+
+
+def retrieval_ranks(video_emb, text_emb, labels, text_keys=None) -> dict:
+    """Ranks of the first correct answer, both directions, on one split.
+
+    Galleries:
+    - video -> text: the distinct sentences of the split, i.e. the text embeddings deduplicated by
+      `text_keys` (default: `labels`; pass the sentence strings when one label groups several
+      sentences). Each video is a query; a retrieved sentence is right when its label is the
+      video's label (several videos share a sentence).
+    - text -> video: all N videos; each distinct sentence is one query; a retrieved video is right
+      when it has the sentence's label.
+    Returns {"v2t": (N,) ranks, "t2v": (G,) ranks, "gallery_size": G, "n_videos": N}.
+    """
+    v, t = _tensor(video_emb), _tensor(text_emb).to(_tensor(video_emb).device)
+    y = label_ids(labels).to(v.device)
+    keys = label_ids(labels if text_keys is None else text_keys)
+    # first occurrence of each distinct text key = that sentence's embedding and label
+    order = torch.argsort(keys, stable=True)
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[order][1:] != keys[order][:-1]
+    distinct = order[first].to(v.device)
+    g_emb, g_lab = t[distinct], y[distinct]
+    v2t = _first_correct_ranks(v, g_emb, lambda r: y[r, None] == g_lab[None, :])
+    t2v = _first_correct_ranks(g_emb, v, lambda r: g_lab[r, None] == y[None, :])
+    return {"v2t": v2t, "t2v": t2v, "gallery_size": int(distinct.numel()), "n_videos": int(v.shape[0])}
+
+
+def recall_at(ranks: torch.Tensor, ks: Sequence[int] = RETRIEVAL_KS) -> dict[int, float]:
+    """Share of queries whose first correct answer is within the top k."""
+    ranks = torch.as_tensor(ranks)
+    return {k: float((ranks <= k).float().mean()) if ranks.numel() else float("nan") for k in ks}
+
+
+def embedding_metrics(video_emb, text_emb, labels, text_keys=None) -> dict:
+    """All embedding metrics of one head on one split (see module doc for conventions).
+
+    pos_sim/neg_sim/gap, rankme and uniformity are on the video embeddings; alignment is over the
+    matched (video_i, text_i) pairs; retrieval as in `retrieval_ranks`.
+    """
+    v, t = _tensor(video_emb), _tensor(text_emb)
+    pos, neg = pos_neg_similarity(v, labels)
+    ranks = retrieval_ranks(v, t, labels, text_keys)
+    out = {"pos_sim": pos, "neg_sim": neg, "gap": pos - neg}
+    for direction in ("v2t", "t2v"):
+        for k, r in recall_at(ranks[direction]).items():
+            out[f"ret{k}_{direction}"] = r
+        out[f"median_rank_{direction}"] = float(ranks[direction].float().median())
+    out.update({
+        "alignment": alignment(v, t),
+        "uniformity": uniformity(v),
+        "rankme": rankme(v),
+        "n_samples": int(v.shape[0]),
+        "gallery_size": ranks["gallery_size"],
+        "n_labels": int(label_ids(labels).max()) + 1 if v.shape[0] else 0,
+    })
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+
+def generation_metrics(hyps: Sequence[str], refs: Sequence[str],
+                       train_sentences: Sequence[str] | None = None) -> dict:
+    """Corpus-level WER (jiwer), BLEU-4 and chrF (sacrebleu, 0-100), exact match, train copy rate.
+
+    Strings are compared as given (the caller normalises hyps and refs the same way).
+    train_copy_rate: share of hypotheses that are verbatim training sentences — near 1 with a
+    high WER is the "language model over the training set" failure.
+    """
+    hyps, refs = [h.strip() for h in hyps], [r.strip() for r in refs]
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses for {len(refs)} references")
+    if not hyps:
+        return {"wer": float("nan"), "bleu4": float("nan"), "chrf": float("nan"),
+                "exact_match": float("nan"), "train_copy_rate": float("nan"), "n_samples": 0}
+    out = {
+        "wer": float(jiwer.wer(refs, hyps)),
+        "bleu4": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
+        "chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score),
+        "exact_match": float(np.mean([h == r for h, r in zip(hyps, refs)])),
+        "n_samples": len(hyps),
+    }
+    if train_sentences is not None:
+        train = {s.strip() for s in train_sentences}
+        out["train_copy_rate"] = float(np.mean([h in train for h in hyps]))
+    return out
+
+
+# --------------------------------------------------------------------------- visual dependence
+
+def derangement(labels, seed: int = 0) -> torch.Tensor:
+    """A fixed permutation with perm[i] != i that pairs samples of different labels when possible.
+
+    Samples are laid out grouped by label (random label order, random order inside a label) and
+    each takes the sample `m` places further round the circle, m = the largest label count: a
+    label's block is at most m long, so i and its partner fall in different labels whenever
+    m <= N/2. With one label it is a plain rotation by one.
+    """
+    y = label_ids(labels)
+    n = y.numel()
+    if n < 2:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    label_rank = torch.randperm(int(y.max()) + 1, generator=g)[y]
+    jitter = torch.randperm(n, generator=g)
+    layout = torch.argsort(label_rank * n + jitter)           # positions -> sample ids
+    m = int(torch.bincount(y).max())
+    shift = min(max(m, 1), n - 1) if m < n else 1
+    perm = torch.empty(n, dtype=torch.long)
+    perm[layout] = layout.roll(-shift)
+    return perm
+
+
+def dependence(original: dict, swapped: dict) -> dict:
+    """How much the metrics degrade when every sample gets another sample's encoder output.
+
+    Positive = the model uses the video. WER drop is swapped - original (higher is worse);
+    BLEU/chrF/Ret drops are original - swapped.
+    """
+    out = {}
+    if "wer" in original:
+        out["visual_dependence_wer"] = swapped["wer"] - original["wer"]
+    for key in ("bleu4", "chrf", "ret1_v2t", "ret5_v2t", "ret1_t2v"):
+        if key in original and key in swapped:
+            out[f"visual_dependence_{key}"] = original[key] - swapped[key]
+    if "ce" in original and "ce" in swapped:
+        out["visual_dependence_ce"] = swapped["ce"] - original["ce"]
+    return out
+
+
+def visual_dependence(decode: Callable, memory, mask, labels, refs: Sequence[str],
+                      seed: int = 0) -> dict:
+    """Decode each sample from its own and from another sample's encoder output; compare.
+
+    decode(memory, mask) -> list[str]. Returns the generation metrics of both runs under
+    "original" and "swapped", plus the drops from `dependence`. A decoder that ignores the video
+    gets visual_dependence_wer ~ 0.
+    """
+    perm = derangement(labels, seed).to(torch.as_tensor(memory).device)
+    original = generation_metrics(decode(memory, mask), refs)
+    swapped = generation_metrics(decode(memory[perm], mask[perm]), refs)
+    return {"original": original, "swapped": swapped, **dependence(original, swapped)}

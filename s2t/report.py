@@ -1,0 +1,163 @@
+"""What the user reads: summary.json, summary.md (a table and a verdict in words).
+
+The collapse thresholds live here so that training's periodic warnings and the final verdict
+say the same thing (`diagnose`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+# Thresholds from the diagnosed failure: NegSim ~0.906 with PosSim ~0.96 was an embedding collapse.
+NEG_SIM_COLLAPSE = 0.8     # different sentences this similar: everything sits in one narrow cone
+GAP_COLLAPSE = 0.1         # same- vs different-sentence cosine barely apart: nothing to retrieve by
+VISUAL_DEPENDENCE_MIN = 0.05  # WER rises by less than this when the video is swapped: ignored
+COPY_RATE_LM = 0.9         # almost every output is a training sentence ...
+WER_LM = 0.9               # ... and almost all words are wrong: a language model, not a translator
+
+# Rows of the summary table: (key, label, format). Columns are the systems evaluated.
+EMBEDDING_ROWS = [
+    ("pos_sim", "PosSim (same sentence)", "{:.3f}"),
+    ("neg_sim", "NegSim (different sentence)", "{:.3f}"),
+    ("gap", "gap = PosSim - NegSim", "{:.3f}"),
+    ("ret1_v2t", "Ret@1 video→text", "{:.1%}"),
+    ("ret5_v2t", "Ret@5 video→text", "{:.1%}"),
+    ("ret10_v2t", "Ret@10 video→text", "{:.1%}"),
+    ("ret1_t2v", "Ret@1 text→video", "{:.1%}"),
+    ("ret5_t2v", "Ret@5 text→video", "{:.1%}"),
+    ("ret10_t2v", "Ret@10 text→video", "{:.1%}"),
+    ("median_rank_v2t", "median rank video→text", "{:.0f}"),
+    ("alignment", "alignment (lower = closer pairs)", "{:.3f}"),
+    ("uniformity", "uniformity (lower = more spread)", "{:.3f}"),
+    ("rankme", "effective rank (RankMe)", "{:.1f}"),
+]
+GENERATION_ROWS = [
+    ("wer", "WER", "{:.3f}"),
+    ("bleu4", "BLEU-4", "{:.2f}"),
+    ("chrf", "chrF", "{:.2f}"),
+    ("exact_match", "exact match", "{:.1%}"),
+    ("train_copy_rate", "output is a training sentence", "{:.1%}"),
+    ("ce", "teacher-forced CE (nats/token)", "{:.3f}"),
+]
+
+
+def diagnose(m: dict) -> list[str]:
+    """Warnings in words for a flat metrics dict (any subset of keys; missing ones are skipped)."""
+    out = []
+    neg, gap = m.get("neg_sim"), m.get("gap")
+    if _num(neg) and neg > NEG_SIM_COLLAPSE:
+        out.append(f"embedding collapse: NegSim {neg:.3f} > {NEG_SIM_COLLAPSE} — videos of "
+                   "different sentences point the same way")
+    if _num(gap) and gap < GAP_COLLAPSE:
+        out.append(f"embedding collapse: PosSim - NegSim = {gap:.3f} < {GAP_COLLAPSE} — same and "
+                   "different sentences are hardly separated")
+    vd = m.get("visual_dependence_wer")
+    if _num(vd) and vd < VISUAL_DEPENDENCE_MIN:
+        out.append(f"decoder ignores the video: swapping every sample's encoder output for another "
+                   f"sample's changes WER by only {vd:+.3f}")
+    copy, wer = m.get("train_copy_rate"), m.get("wer")
+    if _num(copy) and _num(wer) and copy > COPY_RATE_LM and wer > WER_LM:
+        out.append(f"decoder collapse: {copy:.0%} of outputs are verbatim training sentences yet "
+                   f"WER is {wer:.2f} — it recites the training set")
+    return out
+
+
+def verdict(summary: dict) -> str:
+    """One paragraph: collapsed or not, and why, from the flat keys of a summary."""
+    problems = diagnose(summary)
+    facts = []
+    if _num(summary.get("ret1_v2t")):
+        facts.append(f"video→text Ret@1 is {summary['ret1_v2t']:.1%} against a chance level of "
+                     f"{1 / max(summary.get('gallery_size', 1), 1):.1%} "
+                     f"({summary.get('gallery_size')} distinct sentences)")
+    base = summary.get("baselines", {})
+    if _num(summary.get("wer")):
+        words = f"greedy WER is {summary['wer']:.3f}"
+        if _num(base.get("most_frequent", {}).get("wer")):
+            words += f" (always the most frequent training sentence: {base['most_frequent']['wer']:.3f}"
+            if _num(base.get("retrieval", {}).get("wer")):
+                words += f"; nearest training sentence in CLIP space: {base['retrieval']['wer']:.3f}"
+            words += ")"
+        facts.append(words)
+    if _num(summary.get("visual_dependence_wer")):
+        facts.append(f"swapping the encoder output between samples raises WER by "
+                     f"{summary['visual_dependence_wer']:+.3f}")
+    if problems:
+        head = "**Collapsed.** " + " ".join(p[0].upper() + p[1:] + "." for p in problems)
+    else:
+        head = ("**Not collapsed.** Embeddings separate the sentences "
+                f"(NegSim {summary.get('neg_sim', float('nan')):.3f}, gap "
+                f"{summary.get('gap', float('nan')):.3f}) and the decoder depends on the video.")
+    return head + (" In numbers: " + "; ".join(facts) + "." if facts else "")
+
+
+def markdown_table(columns: dict[str, dict], rows=None) -> str:
+    """A markdown table: one row per metric, one column per system (missing cells are blank)."""
+    rows = rows or EMBEDDING_ROWS + GENERATION_ROWS
+    rows = [r for r in rows if any(_num(c.get(r[0])) for c in columns.values())]
+    lines = ["| metric | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for key, label, fmt in rows:
+        cells = [fmt.format(c[key]) if _num(c.get(key)) else "" for c in columns.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
+    """The whole summary.md: header, verdict, table of systems, example translations."""
+    columns = {"model (CLIP head, greedy)": {**summary.get("clip", {}), **summary.get("greedy", {})}}
+    if summary.get("supcon"):
+        columns["SupCon head"] = summary["supcon"]
+    if summary.get("beam"):
+        columns[f"beam {summary.get('beam_size', '')}".strip()] = summary["beam"]
+    if summary.get("swapped"):
+        columns["video swapped"] = summary["swapped"]
+    for name, title in (("most_frequent", "baseline: most frequent sentence"),
+                        ("retrieval", "baseline: nearest training sentence")):
+        if summary.get("baselines", {}).get(name):
+            columns[title] = summary["baselines"][name]
+    head = (f"# Evaluation: {summary.get('run', '')} — split `{summary.get('split', '')}`\n\n"
+            f"{summary.get('n_samples')} samples, {summary.get('gallery_size')} distinct sentences "
+            "(the video→text gallery; text→video searches all videos). Retrieval ties count "
+            "against the model.\n\n")
+    md = head + verdict(summary) + "\n\n" + markdown_table(columns) + "\n"
+    if summary.get("visual_dependence"):
+        md += "\n## Visual dependence (original − swapped; positive = uses the video)\n\n"
+        md += "\n".join(f"- {k}: {v:+.4f}" for k, v in summary["visual_dependence"].items()
+                        if _num(v)) + "\n"
+    if examples:
+        md += "\n## Examples\n\n| reference | model | nearest training sentence |\n|---|---|---|\n"
+        md += "\n".join(f"| {_cell(e['reference'])} | {_cell(e['hypothesis'])} | "
+                        f"{_cell(e.get('retrieved', ''))} |" for e in examples) + "\n"
+    return md
+
+
+def write_summary(out_dir, summary: dict, examples: list[dict] | None = None) -> Path:
+    """Write summary.json (NaN -> null) and summary.md into out_dir; return the .md path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**summary, "examples": examples or []}
+    (out_dir / "summary.json").write_text(json.dumps(_finite(payload), indent=2) + "\n")
+    md = out_dir / "summary.md"
+    md.write_text(summary_markdown(summary, examples))
+    return md
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _finite(x):
+    """JSON has no NaN: write null instead."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")

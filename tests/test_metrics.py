@@ -1,0 +1,185 @@
+"""Metrics against known answers: hand-built embeddings, hand-computed values, the libraries."""
+import math
+
+import jiwer
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+
+from s2t import metrics as M
+from s2t import report
+
+
+def unit(*rows):
+    t = torch.tensor(rows, dtype=torch.float32)
+    return t / t.norm(dim=1, keepdim=True)
+
+
+# Four sentences (labels 0..3) with one-hot text embeddings; five videos built so that the rank of
+# the right sentence is known: v0 = e0 (1st); v1 closer to e2 than to e1 (2nd); v2 closest to e0,
+# then e3, then its own e2 (3rd); v3 = e3 (1st); v4 (label 0) = e1: its own e0 ties with e2, e3 at
+# 0 and e1 scores 1 -> pessimistic rank 4.
+E = torch.eye(4)
+VIDEOS = torch.stack([
+    E[0],
+    unit([0, 0.6, 0.8, 0])[0],
+    unit([0.7, 0, 0.1, 0.69])[0],
+    E[3],
+    E[1],
+])
+LABELS = [0, 1, 2, 3, 0]
+TEXTS = E[LABELS]
+
+
+def test_retrieval_ranks_known_answers():
+    r = M.retrieval_ranks(VIDEOS, TEXTS, LABELS)
+    assert r["gallery_size"] == 4 and r["n_videos"] == 5
+    assert r["v2t"].tolist() == [1, 2, 3, 1, 4]
+    # text queries e0..e3 over the five videos:
+    # e0 -> v0 (1st); e1 -> v4 (label 0) scores 1 > v1's 0.6 (2nd);
+    # e2 -> v1 (label 1) 0.8 > v2's 0.1/|.| (2nd); e3 -> v3 = e3 (1st)
+    assert r["t2v"].tolist() == [1, 2, 2, 1]
+    m = M.embedding_metrics(VIDEOS, TEXTS, LABELS)
+    assert m["ret1_v2t"] == pytest.approx(2 / 5)
+    assert m["ret5_v2t"] == pytest.approx(1.0)
+    assert m["ret1_t2v"] == pytest.approx(2 / 4)
+    assert m["gallery_size"] == 4 and m["n_samples"] == 5
+
+
+def test_retrieval_string_labels_and_numpy_match_ints():
+    names = np.array(["zebra", "apple", "mango", "kiwi", "zebra"])  # different sort order than ints
+    by_name = M.retrieval_ranks(VIDEOS.numpy(), TEXTS.numpy(), names)
+    by_int = M.retrieval_ranks(VIDEOS, TEXTS, LABELS)
+    assert by_name["v2t"].tolist() == by_int["v2t"].tolist()
+    assert sorted(by_name["t2v"].tolist()) == sorted(by_int["t2v"].tolist())
+
+
+def test_retrieval_gallery_deduplicates_by_text_key():
+    # one label, two different sentences: deduplicating by sentence gives a gallery of 2
+    v, t = unit([1, 0], [0, 1]), unit([1, 0], [0, 1])
+    r = M.retrieval_ranks(v, t, ["g", "g"], text_keys=["a", "b"])
+    assert r["gallery_size"] == 2
+    assert r["v2t"].tolist() == [1, 1]
+
+
+def test_collapsed_embeddings_do_not_retrieve():
+    v = torch.ones(6, 3) / math.sqrt(3)
+    m = M.embedding_metrics(v, v, [0, 0, 1, 1, 2, 2])
+    assert m["pos_sim"] == pytest.approx(1) and m["neg_sim"] == pytest.approx(1)
+    assert m["ret1_v2t"] == 0 and m["ret1_t2v"] == 0  # ties count against the model
+    assert m["rankme"] == pytest.approx(1, abs=1e-3)
+    assert any("collapse" in w for w in report.diagnose(m))
+
+
+def test_pos_neg_similarity_by_hand():
+    # a=(1,0), b=(.6,.8) share a label, c=(0,1) does not: pos = a.b = .6; neg = mean(a.c, b.c) = .4
+    e = unit([1, 0], [0.6, 0.8], [0, 1])
+    pos, neg = M.pos_neg_similarity(e, ["x", "x", "y"])
+    assert pos == pytest.approx(0.6) and neg == pytest.approx(0.4)
+
+
+def test_pos_neg_similarity_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    e = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    y = torch.randint(0, 6, (40,), generator=g)
+    sim = e @ e.T
+    same = y[:, None] == y[None, :]
+    off = ~torch.eye(40, dtype=torch.bool)
+    pos, neg = M.pos_neg_similarity(e, y)
+    assert pos == pytest.approx(float(sim[same & off].mean()), abs=1e-5)
+    assert neg == pytest.approx(float(sim[~same].mean()), abs=1e-5)
+    # the histogram sampler sees the same pairs when it can take them all
+    p, n = M.pair_similarities(e, y)
+    assert p.mean() == pytest.approx(pos, abs=1e-5) and n.mean() == pytest.approx(neg, abs=1e-5)
+    assert len(p) == int((same & off).sum()) and len(n) == int((~same).sum())
+
+
+def test_pos_sim_is_nan_without_positive_pairs():
+    pos, neg = M.pos_neg_similarity(unit([1, 0], [0, 1]), [0, 1])
+    assert math.isnan(pos) and neg == pytest.approx(0)
+
+
+def test_alignment_and_uniformity_by_hand():
+    v = unit([1, 0], [0, 1])
+    t = unit([0, 1], [0, 1])
+    assert M.alignment(v, t) == pytest.approx((2 + 0) / 2)  # |v0 - t0|^2 = 2, |v1 - t1|^2 = 0
+    # three points on a circle: squared distances 2, 2, 4 (each pair twice in i != j)
+    e = unit([1, 0], [0, 1], [-1, 0])
+    expected = math.log((2 * math.exp(-2 * 2) + math.exp(-2 * 4)) / 3)
+    assert M.uniformity(e) == pytest.approx(expected, rel=1e-5)
+    # the block loop gives the same answer as one block
+    g = torch.Generator().manual_seed(1)
+    x = torch.nn.functional.normalize(torch.randn(50, 4, generator=g), dim=1)
+    d2 = torch.cdist(x, x).pow(2)
+    ref = torch.log(torch.exp(-2 * d2[~torch.eye(50, dtype=torch.bool)]).mean())
+    old, M.BLOCK = M.BLOCK, 7
+    try:
+        assert M.uniformity(x) == pytest.approx(float(ref), abs=1e-5)
+        r_small = M.retrieval_ranks(x, x, torch.arange(50) % 5)
+    finally:
+        M.BLOCK = old
+    r_big = M.retrieval_ranks(x, x, torch.arange(50) % 5)
+    assert r_small["v2t"].tolist() == r_big["v2t"].tolist()
+
+
+def test_rankme_orthonormal_and_rank_one():
+    assert M.rankme(torch.eye(8)[:5]) == pytest.approx(5, rel=1e-4)
+    g = torch.Generator().manual_seed(2)
+    direction = torch.randn(16, generator=g)
+    assert M.rankme(torch.randn(30, 1, generator=g) * direction) == pytest.approx(1, abs=1e-3)
+
+
+HYPS = ["the patient has a headache", "take two pills", "", "where does it hurt today"]
+REFS = ["the patient has a bad headache", "take two pills", "do you smoke", "where does it hurt"]
+
+
+def test_generation_metrics_equal_the_libraries():
+    m = M.generation_metrics(HYPS, REFS, train_sentences=["take two pills", "where does it hurt"])
+    assert m["wer"] == pytest.approx(jiwer.wer(REFS, HYPS))
+    assert m["bleu4"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
+    # corpus WER by hand: 1 deletion + 0 + 3 deletions + 1 insertion over 6+3+3+4 = 16 words
+    assert m["wer"] == pytest.approx(5 / 16)
+    assert m["exact_match"] == pytest.approx(1 / 4)
+    assert m["train_copy_rate"] == pytest.approx(1 / 4)
+    assert M.generation_metrics(REFS, REFS)["bleu4"] == pytest.approx(100)
+    with pytest.raises(ValueError):
+        M.generation_metrics(HYPS[:2], REFS)
+
+
+def test_derangement_pairs_different_labels():
+    labels = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    perm = M.derangement(labels, seed=3)
+    assert sorted(perm.tolist()) == list(range(10))
+    y = M.label_ids(labels)
+    assert (perm != torch.arange(10)).all() and (y[perm] != y).all()
+    assert torch.equal(perm, M.derangement(labels, seed=3))  # fixed
+    one = M.derangement(["a"] * 4)
+    assert (one != torch.arange(4)).all()
+
+
+def _memory_of(refs):
+    """Encoder-output stand-in: sample i's memory holds its index, so a 'reader' can copy it."""
+    n = len(refs)
+    memory = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 3, 2).clone()
+    return memory, torch.ones(n, 3, dtype=torch.bool)
+
+
+def test_visual_dependence_of_a_decoder_that_ignores_the_video_is_zero():
+    memory, mask = _memory_of(REFS)
+    blind = lambda mem, msk: ["take two pills"] * mem.shape[0]  # noqa: E731
+    out = M.visual_dependence(blind, memory, mask, REFS, REFS)
+    assert out["visual_dependence_wer"] == pytest.approx(0)
+    assert out["visual_dependence_bleu4"] == pytest.approx(0)
+    assert any("ignores the video" in w for w in report.diagnose(out))
+
+
+def test_visual_dependence_of_a_decoder_that_reads_the_video_is_large():
+    memory, mask = _memory_of(REFS)
+    reader = lambda mem, msk: [REFS[int(m[0, 0])] for m in mem]  # noqa: E731
+    out = M.visual_dependence(reader, memory, mask, REFS, REFS)
+    assert out["original"]["wer"] == pytest.approx(0)
+    assert out["visual_dependence_wer"] > 0.5
+    assert out["visual_dependence_bleu4"] > 50
+    assert not any("ignores the video" in w for w in report.diagnose(out))
