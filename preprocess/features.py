@@ -75,6 +75,7 @@ def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, 
     from .keypoint_sources import load_keypoints  # imported in the worker: mediapipe loads lazily there
 
     samples, keypoints, failures = [], [], []
+    t0 = time.perf_counter()
     for r in rows:
         try:
             arr, fps = load_keypoints(r.path, target_fps=target_fps,
@@ -87,9 +88,11 @@ def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, 
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             failures.append({"id": r.id, "path": str(r.path), "row": r.row, "reason": reason,
                              "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
+    t1 = time.perf_counter()
     marker = store.write_keypoint_shard(Path(cache_dir), index, fmt, samples, keypoints, failures)
-    return {"shard": index, "n": len(rows), "failures": len(failures),
-            "frames": sum(s["n_frames"] for s in marker["samples"])}
+    # extraction vs store time, so the benchmark can show what the cache costs
+    return {"shard": index, "n": len(rows), "failures": len(failures), "t_extract": t1 - t0,
+            "t_write": time.perf_counter() - t1, "frames": sum(s["n_frames"] for s in marker["samples"])}
 
 
 def _clean_unfinished(cache_dir: Path) -> None:
@@ -116,7 +119,7 @@ def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions:
     if done:
         print(f"resuming: {done}/{len(chunks)} shards already sealed, {len(todo)} to do", file=sys.stderr)
     t0 = time.perf_counter()
-    frames = 0
+    frames, timings = 0, []
     with tqdm(total=sum(len(chunks[i]) for i in todo), unit="sample", desc="keypoints",
               disable=not progress) as bar:
         results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
@@ -124,11 +127,15 @@ def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions:
             for i in todo)
         for res in results:
             frames += res["frames"]
+            timings.append(res)
             bar.update(res["n"])
             bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - t0):.0f}", failed=res["failures"])
     meta = {"name": cache_dir.name, "fingerprint": fingerprint, "format": kp["format"],
             "settings": kp, "versions": versions, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return store.seal_keypoints(cache_dir, len(chunks), meta)
+    index = store.seal_keypoints(cache_dir, len(chunks), meta)
+    index["timings"] = {"wall": time.perf_counter() - t0, "extract": sum(t["t_extract"] for t in timings),
+                        "write": sum(t["t_write"] for t in timings), "frames": frames}
+    return index
 
 
 # ----------------------------------------------------------------------------- text
@@ -173,6 +180,7 @@ class BuildResult:
     reused_text: bool
     n_samples: int
     failures: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # keypoint stage: wall, extract and write seconds, frames
 
 
 def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFIG, jobs: int | None = None,
@@ -185,11 +193,13 @@ def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFI
     fingerprint = keypoint_fingerprint(rows, kp, versions)
     cache_dir = Path(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
     reused_kp = (cache_dir / store.KEYPOINT_INDEX).exists()
+    timings = {}
     if not reused_kp:
-        build_keypoints(rows, cache_dir, kp, fingerprint, versions, jobs or os.cpu_count() or 1, progress)
+        timings = build_keypoints(rows, cache_dir, kp, fingerprint, versions, jobs or os.cpu_count() or 1,
+                                  progress)["timings"]
     _, reused_text = build_text(rows, cache_dir, tx, kp["format"], progress)
     cache = store.open_cache(cache_dir)
-    return BuildResult(cache_dir, reused_kp, reused_text, cache.n, cache.failures)
+    return BuildResult(cache_dir, reused_kp, reused_text, cache.n, cache.failures, timings)
 
 
 def main(argv=None) -> int:

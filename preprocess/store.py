@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -350,21 +351,26 @@ class Cache:
         total = int(offsets[-1])
         frames = {c: None for c in components}
         present = np.empty((total, len(COMPONENTS)), dtype=bool)
-        at = 0
-        for shard in self.meta["shards"]:
+        names = list(components) + ["present", "offsets"]
+
+        def read(shard):
             path = self.path / "keypoints" / shard["path"]
-            names = list(components) + ["present", "offsets"]
             for name in names:
                 self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
                              shard["files"], self.path, f"shard {shard['path']}")
-            arrays = _read_arrays(path, shard["format"], names)
-            n = len(arrays["present"])
-            for c in components:
-                if frames[c] is None:  # allocate once, then fill: no concatenate copies
-                    frames[c] = np.empty((total,) + arrays[c].shape[1:], dtype=np.float16)
-                frames[c][at:at + n] = arrays[c]
-            present[at:at + n] = arrays["present"]
-            at += n
+            return _read_arrays(path, shard["format"], names)
+
+        at = 0
+        # decompression and CRC release the GIL: reading shards on threads uses every core
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            for arrays in pool.map(read, self.meta["shards"]):
+                n = len(arrays["present"])
+                for c in components:
+                    if frames[c] is None:  # allocate once, then fill: no concatenate copies
+                        frames[c] = np.empty((total,) + arrays[c].shape[1:], dtype=np.float16)
+                    frames[c][at:at + n] = arrays[c]
+                present[at:at + n] = arrays["present"]
+                at += n
         if at != total:
             raise CacheError(f"{self.path}: index says {total} frames but shards hold {at}")
         return KeypointArrays(frames, present, offsets)
