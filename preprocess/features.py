@@ -78,7 +78,7 @@ def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, 
     t0 = time.perf_counter()
     for r in rows:
         try:
-            arr, fps = load_keypoints(r.path, target_fps=target_fps,
+            arr, fps = load_keypoints(r.path, target_fps=target_fps, start=r.start, end=r.end,
                                       default_fps=getattr(r, "fps", None) or default_fps)
             if len(arr) == 0:
                 raise ValueError("no frames")
