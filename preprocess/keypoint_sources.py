@@ -63,16 +63,29 @@ def stride_mask(n_frames: int, fps_in: float, target_fps: float | None) -> np.nd
     return frame_kept(np.arange(n_frames), fps_in, target_fps)
 
 
+def first_frame(fps: float, start: float | None) -> int:
+    """Index of the first frame at or after `start` seconds (0 when start is None)."""
+    return 0 if start is None else max(0, int(np.ceil(start * fps - 1e-6)))
+
+
+def before_end(i: int, fps: float, end: float | None) -> bool:
+    """Whether frame i starts before `end` seconds (the window is [start, end))."""
+    return end is None or i / fps < end - 1e-6
+
+
 def output_fps(fps_in: float, target_fps: float | None) -> float:
     return float(fps_in) if target_fps is None or target_fps >= fps_in else float(target_fps)
 
 
 def load_keypoints(path, target_fps: float | None = None, *, default_fps: float = 25.0,
+                   start: float | None = None, end: float | None = None,
                    progress=None) -> tuple[np.ndarray, float]:
     """(T, 543, 3) float32 keypoints (NaN = missing) and their frame rate, from any source.
 
-    default_fps: frame rate of .npy files, of .npz files without an `fps` key and of frame folders.
-    progress: optional callable, called with 1 per processed video frame (e.g. tqdm's update).
+    target_fps: subsample by stride (never upsamples). start/end: keep only frames in [start, end)
+    seconds (How2Sign clips of a long video). default_fps: frame rate of .npy files, of .npz files
+    without an `fps` key and of frame folders. progress: optional callable, called with 1 per
+    processed video frame (e.g. tqdm's update).
     """
     p = Path(path)
     if not p.exists():
@@ -80,13 +93,15 @@ def load_keypoints(path, target_fps: float | None = None, *, default_fps: float 
     kind = source_kind(p)
     if kind in ("video", "frames"):
         from preprocess.mediapipe_extract import extract_video  # keeps mediapipe out of other paths
-        return extract_video(p, target_fps, progress=progress, frames_fps=default_fps)
-    if kind == "pose":
-        points, fps = _read_pose(p)
-    else:
-        points, fps = _read_array(p, default_fps)
+        return extract_video(p, target_fps, progress=progress, frames_fps=default_fps, start=start, end=end)
+    points, fps = _read_pose(p) if kind == "pose" else _read_array(p, default_fps)
     if len(points) == 0:
         raise SourceError(path, "zero frames")
+    i0 = first_frame(fps, start)
+    i1 = next((i for i in range(i0, len(points)) if not before_end(i, fps, end)), len(points))
+    points = points[i0:i1]
+    if len(points) == 0:
+        raise SourceError(path, f"no frames between {start} s and {end} s")
     keep = stride_mask(len(points), fps, target_fps)
     return np.ascontiguousarray(points[keep]), output_fps(fps, target_fps)
 

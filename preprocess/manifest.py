@@ -74,7 +74,7 @@ def read_manifest(path, preset: str | None = None, *, sep: str | None = None,
                   root=None) -> list[ManifestRow]:
     """Parse and validate a manifest; raise ManifestError listing every problem found.
 
-    preset: None (columns id, path, text [, split, signer, label]), "how2sign" or "phoenix".
+    preset: None (columns id, path, text [, split, signer, label, start, end]), "how2sign" or "phoenix".
     sep: field separator overriding the extension/preset default (not for .jsonl).
     root: folder that relative paths are resolved against (default: the manifest's folder).
     """
@@ -99,7 +99,8 @@ def read_manifest(path, preset: str | None = None, *, sep: str | None = None,
     if not header:
         raise ManifestError(path, problems or ["empty file: no header and no rows"])
 
-    columns = PRESETS[preset].columns if preset else {f: f for f in (*REQUIRED, "split", "signer", "label")}
+    optional = ("split", "signer", "label", "start", "end")
+    columns = PRESETS[preset].columns if preset else {f: f for f in (*REQUIRED, *optional)}
     required = [columns[f] for f in REQUIRED] + ([columns["start"], columns["end"]] if preset == "how2sign" else [])
     missing_cols = [c for c in required if c not in header]
     if missing_cols:
@@ -120,8 +121,13 @@ def read_manifest(path, preset: str | None = None, *, sep: str | None = None,
         if row is not None:
             rows.append(row)
     if problems:
-        raise ManifestError(path, problems)
+        raise ManifestError(path, sorted(problems, key=_row_number))
     return rows
+
+
+def _row_number(problem: str) -> int:
+    m = re.match(r"row (\d+):", problem)
+    return int(m.group(1)) if m else 0
 
 
 def _parse_row(rec, line, columns, preset, root, split_from_name, problems) -> ManifestRow | None:

@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
+import tempfile
+import threading
 import warnings
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from preprocess.keypoint_sources import FRAME_EXTENSIONS, SourceError, frame_kept, output_fps
+from preprocess.keypoint_sources import (FRAME_EXTENSIONS, SourceError, before_end, first_frame, frame_kept,
+                                         output_fps)
 from preprocess.layout import COMPONENT_SIZES, COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NAMES
+
+_local = threading.local()  # one Holistic per thread: an instance must not be shared across threads
+_stderr_lock = threading.Lock()
 
 # Holistic parts in our layout order, with the attribute MediaPipe returns them under.
 _RESULT_FIELDS = {
@@ -25,8 +33,14 @@ _RESULT_FIELDS = {
 }
 
 
+# Lines MediaPipe's C++ side prints each time a graph starts (absl logging, which no environment
+# variable or Python call reaches): 8 per video. Dropped from stderr; everything else is kept.
+_NATIVE_NOISE = (b"inference_feedback_manager.cc", b"Created TensorFlow Lite XNNPACK delegate",
+                 b"All log messages before absl::InitializeLog()")
+
+
 def _import_holistic():
-    os.environ.setdefault("GLOG_minloglevel", "2")  # must be set before mediapipe loads its C++ side
+    os.environ.setdefault("GLOG_minloglevel", "2")  # quiets glog; must be set before mediapipe loads
     from mediapipe.python.solutions import holistic
 
     return holistic
@@ -47,38 +61,82 @@ def holistic_point_names() -> dict[str, list[str]]:
 
 
 def extract_video(path, target_fps: float | None = None, *, progress: Callable[[int], object] | None = None,
-                  frames_fps: float = 25.0) -> tuple[np.ndarray, float]:
+                  frames_fps: float = 25.0, start: float | None = None,
+                  end: float | None = None) -> tuple[np.ndarray, float]:
     """Run MediaPipe Holistic over a video: ((T, 543, 3) float32, NaN = not detected; fps of the output).
 
-    target_fps subsamples by stride (never upsamples); progress, if given, is called with 1 per
-    processed frame (tqdm's `update` fits). A folder of images is read as frames at `frames_fps`.
+    target_fps subsamples by stride (never upsamples); start/end keep frames in [start, end) seconds
+    (frame times are index/fps: constant frame rate assumed). progress, if given, is called with 1
+    per processed frame (tqdm's `update` fits). A folder of images is read as frames at `frames_fps`.
     Raises SourceError when the video cannot be decoded, has no frames, or shows no person.
     """
     path = Path(path)
-    holistic = _import_holistic()
     fps_in, frames = _open_frames(path, frames_fps)
+    model = _holistic_for_new_video()
+    i0 = first_frame(fps_in, start)
     rows: list[np.ndarray] = []
     n_decoded = 0
-    # A fresh instance per video: static_image_mode=False tracks across frames, and that state must
-    # not carry over from the previous video. Creation is ~25 ms, the first frame ~0.2 s (model load).
-    with holistic.Holistic(static_image_mode=False, model_complexity=1) as model, \
-            warnings.catch_warnings():
+    with closing(frames), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SymbolDatabase.GetPrototype", category=UserWarning)
         for i, rgb in enumerate(frames):
             n_decoded += 1
-            if not frame_kept(i, fps_in, target_fps):
+            if not before_end(i, fps_in, end):
+                break
+            if i < i0 or not frame_kept(i - i0, fps_in, target_fps):  # stride ticks start at `start`
                 continue
             rgb.flags.writeable = False  # lets MediaPipe skip a copy
-            rows.append(_to_array(model.process(rgb)))
+            if rows:
+                rows.append(_to_array(model.process(rgb)))
+            else:  # the graph starts on the first frame and logs its noise then
+                with _without_native_noise():
+                    rows.append(_to_array(model.process(rgb)))
             if progress is not None:
                 progress(1)
     if n_decoded == 0:
         raise SourceError(path, "zero frames decoded")
+    if not rows:
+        raise SourceError(path, f"no frames between {start} s and {end} s ({n_decoded} frames decoded)")
     points = np.stack(rows)
     pose = points[:, COMPONENT_SLICES["pose"], 0]
     if np.isnan(pose).all():
         raise SourceError(path, f"no person detected in any of {len(rows)} frames")
     return points, output_fps(fps_in, target_fps)
+
+
+def _holistic_for_new_video():
+    """This thread's Holistic instance, reset for a new video.
+
+    static_image_mode=False tracks the person across frames (and smooths landmarks); that state must
+    not leak from one video into the next. reset() starts a new graph run, which clears it: results
+    after reset() equal a fresh instance's exactly (checked), and a fresh instance per video costs
+    about a second more (graph setup and model loading; measured on a busy 2-core machine).
+    """
+    model = getattr(_local, "holistic", None)
+    if model is None:
+        model = _local.holistic = _import_holistic().Holistic(static_image_mode=False, model_complexity=1)
+    else:
+        model.reset()
+    return model
+
+
+@contextmanager
+def _without_native_noise():
+    """Route fd 2 to a temporary file for the block, then replay all but the known noise lines."""
+    with _stderr_lock, tempfile.TemporaryFile() as captured:  # the lock keeps threads' fd swaps apart
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True)
+                    if not any(noise in line for noise in _NATIVE_NOISE)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _to_array(results) -> np.ndarray:

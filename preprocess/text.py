@@ -119,13 +119,16 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def embed(self, texts, batch_size: int = 256) -> np.ndarray:
+    def embed(self, texts, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, dim) float32 unit vectors; progress shows a tqdm bar over the batches."""
         import torch
+        from tqdm.auto import tqdm
 
         texts = list(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
         with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
+            for start in tqdm(starts, desc="embed texts", unit="batch", disable=not progress):
                 enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 hidden = self.model(**enc).last_hidden_state.float()

@@ -79,6 +79,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 500
+    min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio at max_steps
     max_steps: int = 20000           # optimizer steps
     grad_clip: float = 1.0           # max global grad norm (0 = off)
     precision: str = "auto"          # auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32
@@ -88,6 +89,7 @@ class TrainConfig:
     eval_every: int = 500
     log_every: int = 10
     ckpt_every: int = 1000
+    keep_checkpoints: int = 3        # periodic step-N checkpoints kept besides last
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
 
@@ -110,7 +112,7 @@ class TrainConfig:
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
         for name in ("max_frames", "batch_size", "accumulation_steps", "max_steps", "samples_per_label",
                      "embed_dim", "proj_dim", "encoder_layers", "heads", "log_every", "eval_every",
-                     "ckpt_every", "max_text_len"):
+                     "ckpt_every", "max_text_len", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -152,6 +154,11 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -266,9 +266,19 @@ def visual_dependence(decode: Callable, memory, mask, labels, refs: Sequence[str
 
     decode(memory, mask) -> list[str]. Returns the generation metrics of both runs under
     "original" and "swapped", plus the drops from `dependence`. A decoder that ignores the video
-    gets visual_dependence_wer ~ 0.
+    gets visual_dependence_wer ~ 0 and visual_dependence_changed = 0.
     """
     perm = derangement(labels, seed).to(torch.as_tensor(memory).device)
-    original = generation_metrics(decode(memory, mask), refs)
-    swapped = generation_metrics(decode(memory[perm], mask[perm]), refs)
-    return {"original": original, "swapped": swapped, **dependence(original, swapped)}
+    hyps, hyps_swapped = decode(memory, mask), decode(memory[perm], mask[perm])
+    original = generation_metrics(hyps, refs)
+    swapped = generation_metrics(hyps_swapped, refs)
+    return {"original": original, "swapped": swapped, **dependence(original, swapped),
+            "visual_dependence_changed": changed_fraction(hyps, hyps_swapped)}
+
+
+def changed_fraction(hyps: Sequence[str], hyps_swapped: Sequence[str]) -> float:
+    """Share of samples whose output changes when their encoder output is swapped: 0 means the
+    decoder's output does not depend on the video at all."""
+    if not len(hyps):
+        return float("nan")
+    return float(np.mean([a.strip() != b.strip() for a, b in zip(hyps, hyps_swapped)]))

@@ -36,6 +36,8 @@ def similarity_histogram(pos: np.ndarray, neg: np.ndarray, path, title: str = ""
             ax.hist(values, bins=bins, density=True, alpha=0.55, color=colour,
                     label=f"{name}: mean {values.mean():.3f}")
             ax.axvline(values.mean(), color=colour, lw=1.2, ls="--")
+    if not np.asarray(pos).size:
+        ax.plot([], [], " ", label="no two videos of the same sentence in this split")
     ax.set_xlabel("cosine similarity of two videos' embeddings")
     ax.set_ylabel("density")
     ax.set_title(title or "pair similarities")
@@ -55,18 +57,22 @@ def read_jsonl(path) -> list[dict]:
     return [r for r in records if isinstance(r, dict)]
 
 
-def _numeric_series(records: list[dict], x_key: str) -> dict[str, tuple[list, list]]:
-    """Every numeric field vs the step, in first-seen order; nested dicts flatten to 'a/b'."""
-    series: dict[str, tuple[list, list]] = {}
+SKIP_FIELDS = {"epoch", "time", "elapsed", "wall_time", "n_samples", "bad_steps"}
+
+
+def _numeric_series(records: list[dict], x_key: str) -> dict[str, dict[str, tuple[list, list]]]:
+    """{quantity: {split: (steps, values)}} for every numeric field, in first-seen order; nested
+    dicts flatten to 'a/b'; records without a 'split' field count as 'train'."""
+    series: dict[str, dict[str, tuple[list, list]]] = {}
     for r in records:
         if x_key not in r:
             continue
-        prefix = f"{r['split']}/" if isinstance(r.get("split"), str) else ""
+        split = r["split"] if isinstance(r.get("split"), str) else "train"
         for key, value in _flatten(r).items():
-            if key in (x_key, "epoch", "time", "elapsed", "wall_time", "lr_step"):
+            if key == x_key or key in SKIP_FIELDS:
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                xs, ys = series.setdefault(prefix + key, ([], []))
+                xs, ys = series.setdefault(key, {}).setdefault(split, ([], []))
                 xs.append(r[x_key])
                 ys.append(value)
     return series
@@ -83,24 +89,28 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def training_curves(metrics_jsonl, path, x_key: str = "step") -> Path | None:
-    """One small panel per logged quantity (loss parts, lr, validation metrics) against the step.
+    """One small panel per logged quantity (loss parts, lr, validation metrics) against the step,
+    train and val of the same quantity in the same panel.
 
-    The trainer's record layout is not assumed beyond a step field: whatever numeric fields it
-    logs are drawn, losses first. None when the file has nothing to plot.
+    The trainer's record layout is not assumed beyond a step field (and an optional 'split'):
+    whatever numeric fields it logs are drawn. None when the file has nothing to plot.
     """
     series = _numeric_series(read_jsonl(metrics_jsonl), x_key)
     if not series:
         return None
-    names = sorted(series, key=lambda k: (0 if "loss" in k else 1 if "lr" in k else 2))
+    names = list(series)
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        xs, ys = series[name]
-        ax.plot(xs, ys, marker="." if len(xs) < 50 else None, lw=1)
-        ax.set_title(name, fontsize=9)
+        for split, (xs, ys) in series[name].items():
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, lw=1, label=split)
+        only = next(iter(series[name])) if len(series[name]) == 1 else None
+        ax.set_title(name if only in (None, "train") else f"{name} ({only})", fontsize=9)
         ax.tick_params(labelsize=7)
-        if "neg_sim" in name:  # the collapse line the verdict uses
+        if len(series[name]) > 1:
+            ax.legend(fontsize=7)
+        if name == "neg_sim":  # the collapse line the verdict uses
             ax.axhline(0.8, color="tab:red", lw=0.8, ls=":")
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
@@ -148,10 +158,11 @@ def rank_histogram(ranks_v2t, ranks_t2v, gallery_size: int, path, n_videos: int 
     return _save(fig, path)
 
 
-def examples_figure(examples: list[dict], path, width: int = 48) -> Path:
-    """A table of example translations: reference | model output | nearest training sentence."""
+def examples_figure(examples: list[dict], path, width: int = 40) -> Path:
+    """A table of example translations: reference | model output | the output from another sample's
+    video | nearest training sentence (columns that no example has are left out)."""
     columns = [("reference", "reference"), ("hypothesis", "model"),
-               ("retrieved", "nearest training sentence")]
+               ("swapped", "model, another sample's video"), ("retrieved", "nearest training sentence")]
     columns = [c for c in columns if any(e.get(c[0]) for e in examples)] or columns[:2]
     cells = [["\n".join(textwrap.wrap(str(e.get(k, "")), width)) or "(empty)" for k, _ in columns]
              for e in examples]

@@ -13,6 +13,8 @@ from pathlib import Path
 NEG_SIM_COLLAPSE = 0.8     # different sentences this similar: everything sits in one narrow cone
 GAP_COLLAPSE = 0.1         # same- vs different-sentence cosine barely apart: nothing to retrieve by
 VISUAL_DEPENDENCE_MIN = 0.05  # WER rises by less than this when the video is swapped: ignored
+CHANGED_READS = 0.5        # ... unless most outputs change with the video
+CE_READS = 0.1             # ... or the teacher-forced CE rises by this much (nats/token)
 COPY_RATE_LM = 0.9         # almost every output is a training sentence ...
 WER_LM = 0.9               # ... and almost all words are wrong: a language model, not a translator
 
@@ -52,10 +54,18 @@ def diagnose(m: dict) -> list[str]:
     if _num(gap) and gap < GAP_COLLAPSE:
         out.append(f"embedding collapse: PosSim - NegSim = {gap:.3f} < {GAP_COLLAPSE} — same and "
                    "different sentences are hardly separated")
-    vd = m.get("visual_dependence_wer")
+    vd, changed, vd_ce = (m.get(k) for k in ("visual_dependence_wer", "visual_dependence_changed",
+                                             "visual_dependence_ce"))
     if _num(vd) and vd < VISUAL_DEPENDENCE_MIN:
-        out.append(f"decoder ignores the video: swapping every sample's encoder output for another "
-                   f"sample's changes WER by only {vd:+.3f}")
+        reads = (_num(changed) and changed > CHANGED_READS) or (_num(vd_ce) and vd_ce > CE_READS)
+        detail = "; ".join(s for s in (f"{changed:.0%} of outputs change" if _num(changed) else "",
+                                       f"CE {vd_ce:+.3f} nats/token" if _num(vd_ce) else "") if s)
+        if reads:
+            out.append(f"the decoder's output depends on the video ({detail} when it is swapped) but "
+                       f"not usefully: WER changes by only {vd:+.3f}")
+        else:
+            out.append(f"decoder ignores the video: swapping every sample's encoder output for another "
+                       f"sample's changes WER by only {vd:+.3f}" + (f" ({detail})" if detail else ""))
     copy, wer = m.get("train_copy_rate"), m.get("wer")
     if _num(copy) and _num(wer) and copy > COPY_RATE_LM and wer > WER_LM:
         out.append(f"decoder collapse: {copy:.0%} of outputs are verbatim training sentences yet "
@@ -95,11 +105,13 @@ def verdict(summary: dict) -> str:
 def markdown_table(columns: dict[str, dict], rows=None) -> str:
     """A markdown table: one row per metric, one column per system (missing cells are blank)."""
     rows = rows or EMBEDDING_ROWS + GENERATION_ROWS
-    rows = [r for r in rows if any(_num(c.get(r[0])) for c in columns.values())]
+    rows = [r for r in rows if any(r[0] in c for c in columns.values())]
     lines = ["| metric | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for key, label, fmt in rows:
-        cells = [fmt.format(c[key]) if _num(c.get(key)) else "" for c in columns.values()]
+        # n/a: computed but undefined (e.g. PosSim when no sentence occurs twice); blank: not computed
+        cells = [fmt.format(c[key]) if _num(c.get(key)) else "n/a" if key in c else ""
+                 for c in columns.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,16 +132,22 @@ def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
     head = (f"# Evaluation: {summary.get('run', '')} — split `{summary.get('split', '')}`\n\n"
             f"{summary.get('n_samples')} samples, {summary.get('gallery_size')} distinct sentences "
             "(the video→text gallery; text→video searches all videos). Retrieval ties count "
-            "against the model.\n\n")
+            "against the model.")
+    if summary.get("n_samples") and not _num(summary.get("pos_sim")):
+        head += (" PosSim (and the gap) are n/a: no sentence occurs twice in this split, so there"
+                 " are no same-sentence pairs.")
+    head += "\n\n"
     md = head + verdict(summary) + "\n\n" + markdown_table(columns) + "\n"
     if summary.get("visual_dependence"):
         md += "\n## Visual dependence (original − swapped; positive = uses the video)\n\n"
         md += "\n".join(f"- {k}: {v:+.4f}" for k, v in summary["visual_dependence"].items()
                         if _num(v)) + "\n"
     if examples:
-        md += "\n## Examples\n\n| reference | model | nearest training sentence |\n|---|---|---|\n"
+        md += ("\n## Examples\n\n| reference | model | model, given another sample's video "
+               "| nearest training sentence |\n|---|---|---|---|\n")
         md += "\n".join(f"| {_cell(e['reference'])} | {_cell(e['hypothesis'])} | "
-                        f"{_cell(e.get('retrieved', ''))} |" for e in examples) + "\n"
+                        f"{_cell(e.get('swapped', ''))} | {_cell(e.get('retrieved', ''))} |"
+                        for e in examples) + "\n"
     return md
 
 

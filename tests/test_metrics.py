@@ -172,6 +172,7 @@ def test_visual_dependence_of_a_decoder_that_ignores_the_video_is_zero():
     out = M.visual_dependence(blind, memory, mask, REFS, REFS)
     assert out["visual_dependence_wer"] == pytest.approx(0)
     assert out["visual_dependence_bleu4"] == pytest.approx(0)
+    assert out["visual_dependence_changed"] == 0
     assert any("ignores the video" in w for w in report.diagnose(out))
 
 
@@ -182,4 +183,11 @@ def test_visual_dependence_of_a_decoder_that_reads_the_video_is_large():
     assert out["original"]["wer"] == pytest.approx(0)
     assert out["visual_dependence_wer"] > 0.5
     assert out["visual_dependence_bleu4"] > 50
+    assert out["visual_dependence_changed"] == 1
     assert not any("ignores the video" in w for w in report.diagnose(out))
+
+
+def test_a_decoder_that_reads_the_video_without_gain_is_not_called_blind():
+    # outputs change with the video, but every one of them is equally wrong
+    warnings = report.diagnose({"visual_dependence_wer": 0.0, "visual_dependence_changed": 0.9})
+    assert warnings and "depends on the video" in warnings[0] and "ignores" not in warnings[0]

@@ -1,0 +1,214 @@
+"""Trainer benchmark: training throughput, batch-assembly share, padding efficiency, GPU memory.
+
+    .venv/bin/python benchmarks/bench_train.py [--samples 512] [--steps 3] [--rec-steps 1]
+
+Writes benchmarks/results/train.json. All measurements are taken in this run on a generated
+cache (random-walk keypoints, lognormal clip lengths like sentence-level sign video); only the
+shapes matter for speed. On a machine without CUDA the GPU memory of recommended.yaml at batch
+128 in fp16 is an ESTIMATE: parameters/gradients/AdamW state counted exactly, activations counted
+as the bytes autograd saves for backward in one fp16-autocast forward pass on the CPU (a CUDA
+run with flash attention saves less, so this errs high). With CUDA it is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from preprocess.layout import COMPONENT_SLICES, POSE_INDEX  # noqa: E402
+from preprocess.store import write_cache  # noqa: E402
+from s2t.checkpoint import build_model  # noqa: E402
+from s2t.config import load_config  # noqa: E402
+from s2t.data import KeypointData, PKBatchSampler  # noqa: E402
+from s2t.train import Losses, resolve_precision  # noqa: E402
+
+CONFIGS = {"tiny_cpu": ROOT / "configs/train/tiny_cpu.yaml", "recommended": ROOT / "configs/train/recommended.yaml"}
+BATCHES = (32, 128, 256)
+
+
+def clip_lengths(n: int, seed: int = 0) -> np.ndarray:
+    """Sentence clips: lognormal around ~4 s at 25 fps, 1-16 s."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(np.log(100), 0.5, n), 25, 400).astype(np.int64)
+
+
+def make_cache(out: Path, n: int, n_sentences: int, vocab_ids: int = 3000) -> Path:
+    rng = np.random.default_rng(0)
+    lengths = clip_lengths(n)
+    rows, kps = [], []
+    for i, T in enumerate(lengths):
+        kp = np.full((T, 543, 3), np.nan, np.float32)
+        for part in ("pose", "left_hand", "right_hand"):
+            s = COMPONENT_SLICES[part]
+            base = rng.uniform(0.3, 0.7, (1, s.stop - s.start, 3))
+            kp[:, s] = base + np.cumsum(rng.normal(0, 0.003, (T, s.stop - s.start, 3)), axis=0)
+        kp[:, POSE_INDEX["left_shoulder"], :2] = [0.6, 0.5]
+        kp[:, POSE_INDEX["right_shoulder"], :2] = [0.4, 0.5]
+        kps.append(kp)
+        sentence = i % n_sentences
+        rows.append({"id": f"b{i}", "text": f"sentence {sentence}", "split": "train", "signer": "a",
+                     "label": f"sentence {sentence}", "fps": 25.0})
+    L = 24
+    ids = np.zeros((n, L), np.int32)
+    text_len = rng.integers(6, L, n)
+    for i, m in enumerate(text_len):  # token ids of a few-thousand-word corpus
+        ids[i, 0], ids[i, 1:m - 1], ids[i, m - 1] = 101, rng.integers(1000, 1000 + vocab_ids, m - 2), 102
+    emb = rng.normal(size=(n, 384)).astype(np.float32)
+    text = {"input_ids": ids, "lengths": text_len.astype(np.int32),
+            "embeddings": emb / np.linalg.norm(emb, axis=1, keepdims=True), "tokenizer": "default",
+            "text_model": "random"}
+    return write_cache(out, rows, kps, text)
+
+
+def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.device) -> dict:
+    """Full training steps (batch assembly + forward + backward + AdamW) at a given batch size."""
+    cfg = load_config(CONFIGS[name], [f"batch_size={batch}", "device=" + device.type])
+    data = KeypointData(cache, cfg, device)
+    info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
+    model = build_model(cfg, info)[0].to(device).train()
+    losses = Losses(cfg, data.vocab, device)
+    opt = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr)
+    amp = resolve_precision(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    rows = data.rows("train")
+    sampler = PKBatchSampler(data.label_np[rows], data.lengths[rows], batch, cfg.samples_per_label, seed=0)
+    gens = (torch.Generator().manual_seed(0), torch.Generator(device=device).manual_seed(1))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t_data = t_total = 0.0
+    frames = padded = 0
+    for step in range(steps + 1):  # step 0 warms up (allocations, kernels) and is not timed
+        sync()
+        t0 = time.perf_counter()
+        b = data.batch(rows[next(sampler)], *gens)
+        sync()
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
+            out = model(b.x, b.mask, b.tokens[:, :-1], b.text_emb)
+            total, _ = losses(out, b)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        losses.push(out, b)
+        sync()
+        if step:
+            t_data += t1 - t0
+            t_total += time.perf_counter() - t0
+            frames += int(b.mask.sum())
+            padded += b.mask.numel()
+    res = {"batch": batch, "steps_timed": steps, "samples_per_s": batch * steps / t_total,
+           "step_s": t_total / steps, "batch_assembly_share": t_data / t_total,
+           "batch_assembly_ms": 1000 * t_data / steps, "padding_efficiency": frames / padded,
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+    if device.type == "cuda":
+        res["peak_gpu_mem_GB"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return res
+
+
+def padding(lengths: np.ndarray, max_frames: int, batch: int, k: int, batches: int = 200) -> dict:
+    """Real frames / padded frames of the bucketed P x K sampler vs the same without bucketing."""
+    labels = np.arange(len(lengths)) // k  # groups of k similar-length clips, like repeated sentences
+    capped = np.minimum(lengths, max_frames)
+
+    def eff(window):
+        s = PKBatchSampler(labels, capped, batch, k, bucket_batches=window, seed=0)
+        b = np.array([next(s) for _ in range(batches)])
+        return float(capped[b].sum() / (capped[b].max(1) * batch).sum())
+    return {"bucketed": eff(50), "random": eff(1), "batch": batch, "samples_per_label": k,
+            "max_frames": max_frames, "n_clips": len(lengths)}
+
+
+def gpu_memory(cache: Path, batch: int = 128) -> dict:
+    """recommended.yaml at `batch` with fp16: measured on CUDA, else estimated (see module doc)."""
+    cfg = load_config(CONFIGS["recommended"], [f"batch_size={batch}"])
+    if torch.cuda.is_available():
+        r = throughput(cache, "recommended", batch, 2, torch.device("cuda"))
+        return {"kind": "measured", "device": torch.cuda.get_device_name(), "peak_GB": r["peak_gpu_mem_GB"]}
+    data = KeypointData(cache, cfg, "cpu")
+    info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
+    model = build_model(cfg, info)[0].train()
+    n_params = sum(p.numel() for p in model.parameters())
+    # the longest clips fill every batch to max_frames: the worst case
+    rows = np.argsort(-data.lengths)[:batch]
+    b = data.batch(rows)
+    seen, saved = set(), [0]
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            saved[0] += t.untyped_storage().nbytes()
+        return t
+    losses = Losses(cfg, data.vocab, "cpu")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = model(b.x, b.mask, b.tokens[:, :-1], b.text_emb)
+            losses(out, b)
+    state = n_params * (4 + 4 + 8)  # fp32 weights, fp32 grads, AdamW exp_avg + exp_avg_sq
+    total = state + saved[0]
+    return {"kind": "estimate (no CUDA here): parameters exact, activations = bytes saved for backward in "
+                    "one CPU fp16-autocast forward; excludes the CUDA context (~0.5 GB) and allocator slack",
+            "batch": batch, "frames": int(b.x.shape[1]), "tokens": int(b.tokens.shape[1]),
+            "vocab": data.vocab.size, "params_M": n_params / 1e6, "weights_grads_adam_GB": state / 2**30,
+            "activations_GB": saved[0] / 2**30, "total_GB": total / 2**30,
+            "total_with_context_and_20pct_slack_GB": (total * 1.2 + 0.5 * 2**30) / 2**30,
+            "fits_8GB": bool(total * 1.2 + 0.5 * 2**30 < 8 * 2**30)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, default=512, help="clips in the generated cache")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per tiny_cpu measurement")
+    p.add_argument("--rec-steps", type=int, default=1, help="timed steps per recommended measurement (slow on CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/train.json"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "device": str(device),
+                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                          "load_avg_at_start": os.getloadavg()}}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = make_cache(Path(tmp) / "cache", args.samples, n_sentences=args.samples // 4)
+        result["throughput"] = {}
+        for name in CONFIGS:
+            steps = args.steps if name == "tiny_cpu" else args.rec_steps
+            result["throughput"][name] = []
+            for batch in BATCHES:
+                r = throughput(cache, name, batch, steps, device)
+                print(f"{name:12s} batch {batch:3d}: {r['samples_per_s']:8.1f} samples/s, step {r['step_s']:.2f}s, "
+                      f"batch assembly {100 * r['batch_assembly_share']:.1f}% ({r['batch_assembly_ms']:.1f} ms)",
+                      flush=True)
+                result["throughput"][name].append(r)
+        lengths = clip_lengths(20000, seed=1)
+        result["padding"] = {name: padding(lengths, load_config(path).max_frames, 128, 4)
+                             for name, path in CONFIGS.items()}
+        result["padding"]["uncapped"] = padding(lengths, 10**6, 128, 4)
+        for name, r in result["padding"].items():
+            print(f"padding efficiency ({name}): bucketed {r['bucketed']:.3f}, random {r['random']:.3f}")
+        result["gpu_memory_recommended_b128_fp16"] = gpu_memory(cache)
+        print("GPU memory, recommended b128 fp16:", json.dumps(result["gpu_memory_recommended_b128_fp16"], indent=1))
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Checkpoints: one safetensors file holds everything, so it is written atomically in one rename
+and read without unpickling anything.
+
+    <run>/last.safetensors        newest checkpoint (resume reads it)
+    <run>/step-000500.safetensors periodic checkpoints (the newest `keep_checkpoints` are kept)
+    <run>/config.yaml             resolved TrainConfig
+    <run>/run.json                cache path, vocabulary (model id -> token id), input sizes
+
+Inside a checkpoint: tensors "model.*" (weights), "optim.<param>.<name>" (AdamW moments),
+"queue.<name>.<key>", "rng.<name>" (torch generator states as uint8 tensors); metadata "s2t"
+(JSON: step, optimizer hyper-parameters, GradScaler, sampler state, counters) and "crc32"
+(JSON: a CRC32 per tensor, so a flipped bit is caught, not only a truncated file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+RUN_INFO = "run.json"
+CONFIG = "config.yaml"
+LAST = "last.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _crc(t: torch.Tensor) -> int:
+    return zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Write tensors + JSON metadata to `path` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    metadata = {"s2t": json.dumps(meta), "crc32": json.dumps({k: _crc(v) for k, v in tensors.items()})}
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def link_checkpoint(src: Path, dst: Path) -> None:
+    """Make `dst` the same checkpoint as `src`, atomically (hard link, or a copy where links fail)."""
+    tmp = dst.with_name(f"{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint(path, prefix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors (only those starting with `prefix`, if given) and metadata of a checkpoint.
+    Anything unreadable, truncated or with a checksum mismatch raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if prefix is None or k.startswith(prefix)}
+        meta = json.loads(metadata["s2t"])
+        crcs = json.loads(metadata["crc32"])
+    except Exception as e:  # safetensors raises several types for a damaged header or short file
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
+    bad = [k for k, t in tensors.items() if crcs.get(k) != _crc(t)]
+    if bad:
+        raise CheckpointError(f"{path}: checksum mismatch in {bad[:5]}: the file is damaged")
+    return tensors, meta
+
+
+def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def write_run_info(run_dir: Path, cfg, info: dict) -> None:
+    from preprocess.store import write_json_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (CONFIG + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, run_dir / CONFIG)
+    write_json_atomic(run_dir / RUN_INFO, info)
+
+
+def read_run(run_dir) -> tuple:
+    """(TrainConfig, run info dict) of a run folder."""
+    from .config import config_from_dict
+
+    run_dir = Path(run_dir)
+    for name in (CONFIG, RUN_INFO):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(f"{run_dir}: not a run folder (no {name})")
+    cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+    return cfg, json.loads((run_dir / RUN_INFO).read_text())
+
+
+def build_model(cfg, info: dict):
+    from .data import Vocab
+    from .model import ModelConfig, SignTranslator
+
+    vocab = Vocab.from_json(info["vocab"])
+    mc = ModelConfig.from_train_config(cfg, in_dim=info["in_dim"], text_dim=info["text_dim"],
+                                       vocab_size=vocab.size, pad_id=vocab.pad, bos_id=vocab.bos,
+                                       eos_id=vocab.eos)
+    return SignTranslator(mc, torch.as_tensor(vocab.token_ids)), vocab
+
+
+def load_run(run_dir, device="cpu", checkpoint: str = LAST):
+    """Rebuild a trained model from its run folder -> (model in eval mode, cfg, info).
+
+    info: {"cache": training cache path, "vocab": Vocab (decode with info["vocab"].decode),
+           "components", "in_dim", "text_dim", "step", "checkpoint": path}."""
+    run_dir = Path(run_dir)
+    cfg, info = read_run(run_dir)
+    model, vocab = build_model(cfg, info)
+    path = run_dir / checkpoint
+    tensors, meta = load_checkpoint(path, prefix="model.")
+    try:
+        model.load_state_dict(strip(tensors, "model."))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model of {run_dir / CONFIG}: {e}") from None
+    model.to(device).eval()
+    return model, cfg, {**info, "vocab": vocab, "step": meta["step"], "checkpoint": str(path)}

@@ -1,0 +1,486 @@
+"""Training data from a sealed cache: loaded once, normalised once, batched by gather.
+
+    data = KeypointData(cache_dir, cfg, device)        # all samples in memory (GPU when it fits)
+    sampler = PKBatchSampler(...)                      # label-aware, length-bucketed, seeded
+    batch = data.batch(next(sampler), augment=rng)     # (B, T, F) features + masks + text, no Python loop
+    for batch in data.iterate("val", 64): ...          # deterministic evaluation batches
+
+Per frame, the model sees (in `cfg.components` order):
+    normalised xyz of every point           shoulder-centred, divided by the shoulder width
+    hands again, relative to their wrist    hand shape independent of where the hand is
+    one presence flag per component         missing points are 0, the flag says "not detected"
+The normalisation (numpy, once per sample) and the feature assembly (torch, per batch) are the
+same functions that `translate` applies to one new sample, so training and inference agree.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from preprocess.layout import COMPONENT_SIZES, COMPONENTS, POSE_INDEX, WRIST
+
+HANDS = ("left_hand", "right_hand")
+_L_SHOULDER, _R_SHOULDER = POSE_INDEX["left_shoulder"], POSE_INDEX["right_shoulder"]
+# Shoulder width (image-normalised units) assumed for a lone sample in which no shoulder is ever
+# seen: about a signer framed from the hips up. Only used when nothing better exists.
+_FALLBACK_WIDTH = 0.3
+_CHUNK = 1 << 18  # frames normalised per numpy step on load (bounds the float32 temporaries)
+
+
+# ------------------------------------------------------------------------------------------
+# Normalisation and features (shared with translation)
+
+def feature_dim(components) -> int:
+    points = sum(COMPONENT_SIZES[c] for c in components)
+    hands = sum(COMPONENT_SIZES[c] for c in components if c in HANDS)
+    return 3 * points + 3 * hands + len(components)
+
+
+def shoulder_frames(pose: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame centre (F, 2) and width (F,) from the two shoulders of `pose` (F, 33, 3).
+
+    Frames without both shoulders take the median of their sample's good frames; a sample with
+    no good frame at all takes the median point of its pose as centre and the median width of
+    the other samples (or _FALLBACK_WIDTH when alone)."""
+    left = pose[:, _L_SHOULDER, :2].astype(np.float32)
+    right = pose[:, _R_SHOULDER, :2].astype(np.float32)
+    centre = (left + right) / 2
+    width = np.linalg.norm(left - right, axis=1)
+    good = np.isfinite(width) & (width > 1e-4)
+    if good.all():
+        return centre, width
+    n = len(offsets) - 1
+    sample_of = np.searchsorted(offsets, np.flatnonzero(~good), side="right") - 1
+    global_width = float(np.median(width[good])) if good.any() else _FALLBACK_WIDTH
+    for i in np.unique(sample_of):  # once at load time, only samples with missing shoulders
+        a, b = offsets[i], offsets[i + 1]
+        ok = good[a:b]
+        if ok.any():
+            c, w = np.median(centre[a:b][ok], axis=0), np.median(width[a:b][ok])
+        else:
+            pts = pose[a:b, :, :2].reshape(-1, 2).astype(np.float32)
+            pts = pts[np.isfinite(pts).all(1)]
+            c = np.median(pts, axis=0) if len(pts) else np.full(2, 0.5, np.float32)
+            w = global_width
+        centre[a:b][~ok] = c
+        width[a:b][~ok] = w
+    assert n >= 0
+    return centre, width
+
+
+def normalise_points(frames: dict[str, np.ndarray], pose: np.ndarray, offsets: np.ndarray,
+                     components) -> np.ndarray:
+    """Shoulder-centred, shoulder-width-scaled points of `components`, concatenated:
+    (F, sum P, 3) float16 with NaN where missing. frames[c]: (F, P_c, 3); pose: (F, 33, 3)."""
+    centre, width = shoulder_frames(pose, offsets)
+    total = len(pose)
+    out = np.empty((total, sum(COMPONENT_SIZES[c] for c in components), 3), dtype=np.float16)
+    for a in range(0, total, _CHUNK):
+        b = min(total, a + _CHUNK)
+        shift = np.zeros((b - a, 1, 3), np.float32)
+        shift[:, 0, :2] = centre[a:b]
+        scale = width[a:b, None, None]
+        pts = np.concatenate([frames[c][a:b].astype(np.float32) for c in components], axis=1)
+        out[a:b] = (pts - shift) / scale  # z is not centred: MediaPipe gives it relative already
+    return out
+
+
+def feature_columns(components) -> dict[str, list[slice]]:
+    """Which feature columns (of `frame_features`' output) belong to each component."""
+    cols: dict[str, list[slice]] = {c: [] for c in components}
+    at = 0
+    for c in components:  # absolute coordinates
+        cols[c].append(slice(at, at + 3 * COMPONENT_SIZES[c]))
+        at += 3 * COMPONENT_SIZES[c]
+    for c in components:  # wrist-relative hands
+        if c in HANDS:
+            cols[c].append(slice(at, at + 3 * COMPONENT_SIZES[c]))
+            at += 3 * COMPONENT_SIZES[c]
+    for c in components:  # presence flags
+        cols[c].append(slice(at, at + 1))
+        at += 1
+    return cols
+
+
+def frame_features(points: torch.Tensor, present: torch.Tensor, components) -> torch.Tensor:
+    """(B, T, P, 3) float32 normalised points (NaN missing) + (B, T, C) presence -> (B, T, F)."""
+    parts = [points.flatten(2)]
+    at = 0
+    for c in components:
+        size = COMPONENT_SIZES[c]
+        if c in HANDS:
+            hand = points[:, :, at:at + size]
+            parts.append((hand - hand[:, :, WRIST:WRIST + 1]).flatten(2))
+        at += size
+    parts.append(present.to(points.dtype))
+    return torch.nan_to_num_(torch.cat(parts, dim=2), nan=0.0)
+
+
+def uniform_frame_indices(n: int, max_frames: int) -> np.ndarray:
+    """Indices of at most max_frames frames spread uniformly over n (all of them when n fits)."""
+    t = min(n, max_frames)
+    return np.floor((np.arange(t) + 0.5) * n / t).astype(np.int64)
+
+
+def normalise_keypoints(keypoints: np.ndarray, components, max_frames: int | None = None) -> np.ndarray:
+    """One sample (T, 543, 3|4) in the MediaPipe layout -> model input features (T', F) float32,
+    exactly as the evaluation batches compute them (same float16 rounding, same subsampling)."""
+    from preprocess.layout import COMPONENT_SLICES
+
+    kp = np.asarray(keypoints, dtype=np.float32)[..., :3]
+    if kp.ndim != 3 or kp.shape[1] != 543:
+        raise ValueError(f"keypoints must be (T, 543, 3), got {kp.shape}")
+    if max_frames is not None:
+        kp = kp[uniform_frame_indices(len(kp), max_frames)]
+    frames = {c: kp[:, COMPONENT_SLICES[c]].astype(np.float16) for c in COMPONENTS}
+    offsets = np.array([0, len(kp)])
+    points = normalise_points(frames, frames["pose"], offsets, components)
+    present = np.stack([~np.isnan(frames[c]).all(axis=(1, 2)) for c in components], axis=1)
+    x = frame_features(torch.from_numpy(points).float()[None], torch.from_numpy(present)[None], components)
+    return x[0].numpy()
+
+
+# ------------------------------------------------------------------------------------------
+# Vocabulary: tokenizer ids <-> the decoder's (optionally compacted) model ids
+
+_WORD_RE = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
+
+
+def words_of(text: str) -> list[str]:
+    return _WORD_RE.findall(text.lower())
+
+
+@dataclass
+class Vocab:
+    kind: str                # "wordpiece" (ids of `tokenizer`) or "word" (ids index `words`)
+    token_ids: np.ndarray    # (V,) real token id of each model id
+    pad: int                 # model ids of the specials
+    bos: int
+    eos: int
+    unk: int
+    tokenizer: str | None = None
+    words: list[str] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.token_ids)
+
+    def to_model(self, real_ids: np.ndarray) -> np.ndarray:
+        lut = np.full(int(max(real_ids.max(initial=0), self.token_ids.max())) + 1, self.unk, np.int64)
+        lut[self.token_ids] = np.arange(self.size)
+        return lut[real_ids]
+
+    def decode(self, sequences: list[list[int]]) -> list[str]:
+        """Real token ids (as `SignTranslator.generate` returns them) -> strings."""
+        if self.kind == "word":
+            return [" ".join(self.words[i] for i in seq) for seq in sequences]
+        from preprocess.text import load_tokenizer
+        return load_tokenizer(self.tokenizer).batch_decode(sequences, skip_special_tokens=True)
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "token_ids": self.token_ids.tolist(), "pad": self.pad, "bos": self.bos,
+                "eos": self.eos, "unk": self.unk, "tokenizer": self.tokenizer, "words": self.words}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Vocab":
+        return cls(**{**d, "token_ids": np.asarray(d["token_ids"], dtype=np.int64)})
+
+
+def build_vocab(cfg, text_arrays, texts: np.ndarray, train_rows: np.ndarray) -> Vocab:
+    """The decoder vocabulary: the tokenizer's ids (compacted to those in the training split
+    when cfg.compact_vocab), or for cfg.tokenizer == "word" the words of the training split."""
+    if cfg.tokenizer == "word":
+        seen = sorted({w for i in train_rows for w in words_of(texts[i])})
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + seen
+        return Vocab("word", np.arange(len(words)), pad=0, unk=1, bos=2, eos=3, words=words)
+    from preprocess.text import load_tokenizer
+
+    tok = load_tokenizer(text_arrays.tokenizer)
+    specials = [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id]
+    if cfg.compact_vocab:
+        ids = _truncate(np.asarray(text_arrays.input_ids, np.int64)[train_rows], cfg.max_text_len, specials[3])
+        real = np.union1d(np.unique(ids), specials)
+    else:
+        real = np.arange(len(tok))
+    model_of = {int(r): i for i, r in enumerate(real)}
+    return Vocab("wordpiece", real.astype(np.int64), pad=model_of[specials[0]], unk=model_of[specials[1]],
+                 bos=model_of[specials[2]], eos=model_of[specials[3]], tokenizer=text_arrays.tokenizer)
+
+
+def _truncate(ids: np.ndarray, max_len: int, eos: int) -> np.ndarray:
+    """Cut [CLS] ... [SEP] rows to max_len; a cut sentence still ends with [SEP]."""
+    if ids.shape[1] <= max_len:
+        return ids.copy()
+    cut = ids[:, :max_len].copy()
+    cut[(ids[:, max_len:] != 0).any(1), max_len - 1] = eos
+    return cut
+
+
+def encode_texts(vocab: Vocab, text_arrays, texts: np.ndarray, max_len: int) -> np.ndarray:
+    """Every sample's model-id sequence (n, L) [BOS] ... [EOS] PAD in `vocab`."""
+    if vocab.kind == "word":
+        index = {w: i for i, w in enumerate(vocab.words)}
+        ids = np.full((len(texts), max_len), vocab.pad, np.int64)
+        for i, t in enumerate(texts):  # load time only
+            seq = [vocab.bos] + [index.get(w, vocab.unk) for w in words_of(t)][: max_len - 2] + [vocab.eos]
+            ids[i, :len(seq)] = seq
+        return ids
+    if text_arrays.tokenizer != vocab.tokenizer:
+        raise ValueError(f"the cache's text store uses tokenizer {text_arrays.tokenizer!r} but the "
+                         f"vocabulary was built for {vocab.tokenizer!r}")
+    real_eos = int(vocab.token_ids[vocab.eos])
+    return vocab.to_model(_truncate(np.asarray(text_arrays.input_ids, np.int64), max_len, real_eos))
+
+
+# ------------------------------------------------------------------------------------------
+# The in-memory dataset
+
+@dataclass
+class Batch:
+    x: torch.Tensor         # (B, T, F) float32 frame features
+    mask: torch.Tensor      # (B, T) bool, True on real frames
+    tokens: torch.Tensor    # (B, L) model ids [BOS] ... [EOS] PAD
+    text_emb: torch.Tensor  # (B, D) frozen sentence embeddings
+    label: torch.Tensor     # (B,) SupCon group
+    text_id: torch.Tensor   # (B,) sentence identity: CLIP positives
+    index: torch.Tensor     # (B,) row in the cache
+
+
+class KeypointData:
+    """Every sample of a cache as flat tensors: points (F_total, P, 3) float16, presence
+    (F_total, C), offsets; plus per-sample labels, tokens and text embeddings."""
+
+    def __init__(self, cache_dir, cfg, device="cpu", vocab: Vocab | None = None):
+        from preprocess.manifest import normalise_text
+        from preprocess.store import open_cache
+
+        self.cfg, self.components = cfg, list(cfg.components)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.cache_dir = str(Path(cache_dir).resolve())
+        cache = open_cache(cache_dir, text=cfg.text_store)
+        s = cache.samples
+        if "text" not in s:
+            raise ValueError(f"{cache_dir}: the cache has no text store; training needs sentences")
+        self.n = cache.n
+        self.split = np.asarray(s["split"]).astype(str)
+        self.texts = np.asarray(s["text"]).astype(str)
+        self.ids = np.asarray(s["id"]).astype(str)
+        labels = np.where(np.asarray(s["label"]).astype(str) == "", self.texts, s["label"]).astype(str)
+        self.label_names, label = np.unique(labels, return_inverse=True)
+        _, text_id = np.unique([normalise_text(t) for t in self.texts], return_inverse=True)
+        self.lengths = np.asarray(s["n_frames"], np.int64)
+        if (self.lengths == 0).any():
+            raise ValueError(f"{cache_dir}: samples with 0 frames: {self.ids[self.lengths == 0][:5]}")
+
+        needed = list(dict.fromkeys(["pose", *self.components]))  # pose: for the shoulders
+        kp = cache.load_keypoints(components=needed)
+        offsets = kp.offsets
+        points = normalise_points(kp.frames, kp.frames["pose"], offsets, self.components)
+        present = kp.present[:, [COMPONENTS.index(c) for c in self.components]]
+        del kp
+
+        tx = cache.text()
+        # a trained run brings its own vocabulary (evaluation); otherwise build it from the train split
+        self.vocab = vocab or build_vocab(cfg, tx, self.texts, self.rows("train"))
+        tokens = encode_texts(self.vocab, tx, self.texts, cfg.max_text_len)
+        self.text_dim = tx.embeddings.shape[1]
+        self.token_lengths = (tokens != self.vocab.pad).sum(1)
+        self.label_np = label.astype(np.int64)
+
+        # Where the big arrays live: on the GPU when they fit (gather there), else pinned host memory.
+        self.store = self._placement(points.nbytes + present.nbytes + tx.embeddings.nbytes)
+        pin = self.store.type == "cpu" and self.device.type == "cuda"
+        put = (lambda a: torch.from_numpy(np.ascontiguousarray(a)).pin_memory()) if pin else \
+              (lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.store))
+        self.points, self.present = put(points), put(present)
+        self.offsets = torch.from_numpy(offsets[:-1].copy())          # index math runs on the CPU
+        self.n_frames = torch.from_numpy(self.lengths.copy())
+        self.tokens = put(tokens)
+        self.text_emb = put(np.asarray(tx.embeddings, np.float32))
+        self.label = put(label.astype(np.int64))
+        self.text_id = put(text_id.astype(np.int64))
+
+    def _placement(self, nbytes: int) -> torch.device:
+        if self.device.type != "cuda":
+            return torch.device("cpu")
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # leave most of the card to the model: the data may take at most a quarter of free memory
+        return self.device if nbytes < free / 4 else torch.device("cpu")
+
+    @property
+    def feature_dim(self) -> int:
+        return feature_dim(self.components)
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    # -- batches
+    def frame_index(self, idx: np.ndarray, gen: torch.Generator | None = None):
+        """(B, T) flat frame indices and mask for samples `idx`: random crop + speed change when
+        `gen` (a CPU torch.Generator) is given, else all frames uniformly subsampled to max_frames."""
+        cfg, aug = self.cfg, self.cfg.augment
+        idx_t = torch.from_numpy(np.asarray(idx, np.int64))
+        n = self.n_frames[idx_t].double()
+        if gen is not None and aug.enabled:
+            u = torch.rand(3, len(idx), generator=gen, dtype=torch.float64)
+            kept = torch.clamp(torch.round(n * (1 - aug.crop * u[0])), min=1)
+            start = torch.floor(u[1] * (n - kept + 1))
+            speed = 1 + aug.speed * (2 * u[2] - 1)
+            t = torch.clamp(torch.round(kept / speed), 1, cfg.max_frames)
+        else:
+            kept, start = n, torch.zeros_like(n)
+            t = torch.clamp(n, max=cfg.max_frames)
+        T = int(t.max())
+        j = torch.arange(T, dtype=torch.float64)
+        src = start[:, None] + torch.floor((j[None] + 0.5) * kept[:, None] / t[:, None])
+        src = torch.minimum(src, start[:, None] + kept[:, None] - 1).long()
+        mask = j[None] < t[:, None]
+        flat = torch.where(mask, self.offsets[idx_t][:, None] + src, self.offsets[idx_t][:, None])
+        return flat, mask
+
+    def batch(self, idx: np.ndarray, gen: torch.Generator | None = None,
+              device_gen: torch.Generator | None = None) -> Batch:
+        """Assemble samples `idx`. With generators (CPU: time, device: geometry) it augments."""
+        dev, augment = self.device, device_gen is not None and self.cfg.augment.enabled
+        flat, mask = self.frame_index(idx, gen)
+        flat = flat.to(self.store)
+        points = self._gather(self.points, flat).float()  # (B, T, P, 3)
+        present = self._gather(self.present, flat)
+        mask = mask.to(dev, non_blocking=True)
+        if augment:
+            points = self._affine(points, device_gen)
+        x = frame_features(points, present, self.components)
+        if augment:
+            mask = self._drop(x, mask, device_gen)
+        rows = torch.from_numpy(np.asarray(idx, np.int64)).to(self.store)
+        L = int(self.token_lengths[idx].max())
+        pick = lambda a: self._gather(a, rows)
+        return Batch(x=x, mask=mask, tokens=pick(self.tokens)[:, :L], text_emb=pick(self.text_emb),
+                     label=pick(self.label), text_id=pick(self.text_id), index=rows.to(dev))
+
+    def _gather(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """table[index] on the training device. From pinned host memory (data too big for the GPU)
+        the rows are gathered into a pinned buffer so the copy to the GPU is asynchronous."""
+        if table.device == self.device:
+            return table[index]
+        out = torch.empty(index.shape + table.shape[1:], dtype=table.dtype, pin_memory=True)
+        torch.index_select(table, 0, index.reshape(-1), out=out.view(-1, *table.shape[1:]))
+        return out.to(self.device, non_blocking=True)
+
+    def _affine(self, points: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Per-sample random rotation + scale + shift in the image plane (z scaled alike), in place
+        on the freshly gathered points (strided in-place ops: no (B, T, P, 3) temporaries)."""
+        aug, B = self.cfg.augment, points.shape[0]
+        u = torch.rand(B, 4, generator=g, device=points.device)
+        theta = math.radians(aug.rotate_deg) * (2 * u[:, 0] - 1)
+        scale = 1 + aug.scale * (2 * u[:, 1] - 1)
+        per = lambda v: v[:, None, None]
+        cos, sin = per(torch.cos(theta) * scale), per(torch.sin(theta) * scale)
+        shift = aug.shift * (2 * u[:, 2:4] - 1)
+        x, y, z = points[..., 0], points[..., 1], points[..., 2]
+        x_old = x.clone()
+        x.mul_(cos).addcmul_(y, -sin).add_(per(shift[:, 0]))
+        y.mul_(cos).addcmul_(x_old, sin).add_(per(shift[:, 1]))
+        z.mul_(per(scale))
+        return points
+
+    def _drop(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Whole-hand dropout (in place on the features: the hand reads as not detected) and frame
+        dropout (frames hidden from attention; frame 0 always stays so no sample is empty)."""
+        aug, B = self.cfg.augment, x.shape[0]
+        for c, cols in feature_columns(self.components).items():
+            if c in HANDS:
+                keep = (torch.rand(B, generator=g, device=x.device) >= aug.hand_drop).to(x.dtype)[:, None, None]
+                for sl in cols:
+                    x[:, :, sl] *= keep
+        keep = torch.rand(mask.shape, generator=g, device=x.device) >= aug.frame_drop
+        keep[:, 0] = True
+        return mask & keep
+
+    def iterate(self, split: str, batch_size: int):
+        """Deterministic, non-augmented batches over a split (sorted by length, `index` says which
+        rows). Every sample appears exactly once."""
+        rows = self.rows(split)
+        rows = rows[np.argsort(self.lengths[rows], kind="stable")]
+        for a in range(0, len(rows), batch_size):
+            yield self.batch(rows[a:a + batch_size])
+
+
+# ------------------------------------------------------------------------------------------
+# The sampler
+
+class PKBatchSampler:
+    """Endless training batches of P labels x K samples, bucketed by length.
+
+    One epoch: each label's samples are shuffled and cut into units of K (a short last unit is
+    filled by redrawing from its own label, so a label with fewer than K samples contributes
+    augmented copies: SimCLR-style positives). Units are shuffled, sorted by length inside windows
+    of `bucket_batches` batches (similar lengths -> little padding), cut into batches of P units,
+    and the batches shuffled. Everything comes from one numpy Generator; the state saved is the
+    generator state at the start of the epoch plus the position in it, so resume is exact.
+    """
+
+    def __init__(self, labels: np.ndarray, lengths: np.ndarray, batch_size: int, k: int,
+                 bucket_batches: int = 50, seed: int = 0, rank: int = 0, world: int = 1):
+        if batch_size % k:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_label {k}")
+        self.labels, self.lengths = np.asarray(labels), np.asarray(lengths)
+        self.batch_size, self.k, self.p = batch_size, k, batch_size // k
+        self.bucket_batches, self.rank, self.world = bucket_batches, rank, world
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+        self.groups = np.split(order, bounds)
+        if len(self.labels) < batch_size * world:
+            raise ValueError(f"the training split has {len(self.labels)} samples, fewer than one batch "
+                             f"of {batch_size} (x {world} ranks); lower batch_size")
+        self.rng = np.random.default_rng(seed)
+        self.epoch, self.position = 0, 0
+        self._start_epoch()
+
+    def _start_epoch(self):
+        self._epoch_state = self.rng.bit_generator.state
+        self._plan = self._make_plan()
+
+    def _make_plan(self) -> np.ndarray:
+        rng, k = self.rng, self.k
+        units = []
+        for g in self.groups:  # once per epoch, not per step
+            perm = rng.permutation(g)
+            if len(perm) % k:
+                perm = np.concatenate([perm, rng.choice(g, k - len(perm) % k)])
+            units.append(perm.reshape(-1, k))
+        units = np.concatenate(units)[rng.permutation(sum(len(u) for u in units))]
+        unit_len = self.lengths[units].mean(1)
+        window = self.bucket_batches * self.p
+        for a in range(0, len(units), window):
+            units[a:a + window] = units[a:a + window][np.argsort(unit_len[a:a + window], kind="stable")]
+        n_batches = len(units) // self.p // self.world * self.world
+        batches = units[: n_batches * self.p].reshape(n_batches, self.batch_size)
+        batches = batches[rng.permutation(n_batches)]
+        return batches[self.rank::self.world]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.position >= len(self._plan):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._start_epoch()
+        batch = self._plan[self.position]
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch_start_rng": self._epoch_state, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["epoch_start_rng"]
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._start_epoch()

@@ -1,0 +1,243 @@
+"""The sign-to-text model, top to bottom:
+
+    keypoint features (B,T,F) --FrameEmbedding + sinusoidal positions--> TransformerEncoder
+        --> memory (B,T,D)  -- masked mean --> ProjectionHead "supcon" --> SupCon embedding
+                            -- masked mean --> ProjectionHead "clip"   --> video embedding  <-CLIP->  text embedding
+                            --------------------------------------> TransformerDecoder (cross-attention) --> tokens
+    frozen sentence embedding (B,384) --TextProjection--> text embedding
+
+The decoder reads the raw encoder output, so the contrastive losses shape their own heads and
+not the decoder's input. `shared_head=True` reproduces the seed setup that collapsed: one head,
+applied per frame, whose output is both the contrastive embedding (after pooling) and the
+decoder's memory.
+
+The decoder works in a "model vocabulary": the tokenizer ids seen in training (+ specials) when
+the vocabulary is compacted, all ids otherwise. The buffer `token_ids` maps model ids back to
+real tokenizer ids; `generate` returns real ids.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    in_dim: int            # features per frame (from s2t.data.feature_dim)
+    vocab_size: int        # model vocabulary size
+    pad_id: int            # model ids of the specials
+    bos_id: int
+    eos_id: int
+    text_dim: int = 384    # cached sentence-embedding size
+    embed_dim: int = 512
+    proj_dim: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 2
+    heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.2
+    shared_head: bool = False
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100)
+
+    @classmethod
+    def from_train_config(cls, cfg, **data_dims) -> "ModelConfig":
+        return cls(embed_dim=cfg.embed_dim, proj_dim=cfg.proj_dim, encoder_layers=cfg.encoder_layers,
+                   decoder_layers=cfg.decoder_layers, heads=cfg.heads, ff_mult=cfg.ff_mult,
+                   dropout=cfg.dropout, shared_head=cfg.shared_head,
+                   logit_scale_init=cfg.clip_logit_scale_init, logit_scale_max=cfg.clip_logit_scale_max,
+                   **data_dims)
+
+
+def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
+    """(length, dim) fixed sin/cos position codes (Vaswani et al.); any length works at inference."""
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return pe
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x (B,T,D) over the frames where mask (B,T) is True."""
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+class ProjectionHead(nn.Module):
+    """Linear-ReLU-Linear, as in SimCLR: the contrastive loss is applied on its output only."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PoseEncoder(nn.Module):
+    """Per-frame MLP embedding of the keypoint features, fixed positions, pre-norm Transformer."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        d = c.embed_dim
+        self.embed = nn.Sequential(nn.Linear(c.in_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.drop = nn.Dropout(c.dropout)
+        layer = nn.TransformerEncoderLayer(d, c.heads, d * c.ff_mult, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, c.encoder_layers, norm=nn.LayerNorm(d),
+                                            enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        h = h + sinusoidal_positions(x.shape[1], h.shape[-1], x.device).to(h.dtype)
+        return self.layers(self.drop(h), src_key_padding_mask=~mask)
+
+
+class TextDecoder(nn.Module):
+    """Pre-norm Transformer decoder with cross-attention; output layer tied to the token embedding."""
+
+    def __init__(self, c: ModelConfig, memory_dim: int):
+        super().__init__()
+        d = c.embed_dim
+        self.tokens = nn.Embedding(c.vocab_size, d, padding_idx=c.pad_id)
+        nn.init.normal_(self.tokens.weight, std=d ** -0.5)
+        with torch.no_grad():
+            self.tokens.weight[c.pad_id].zero_()
+        self.memory_in = nn.Linear(memory_dim, d) if memory_dim != d else nn.Identity()
+        self.drop = nn.Dropout(c.dropout)
+        layer = nn.TransformerDecoderLayer(d, c.heads, d * c.ff_mult, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.layers = nn.TransformerDecoder(layer, c.decoder_layers, norm=nn.LayerNorm(d))
+
+    def forward(self, memory, memory_mask, input_ids, pad_id: int):
+        L, d = input_ids.shape[1], self.tokens.embedding_dim
+        # sqrt(d) keeps token embeddings (std d^-1/2, tied to the output) on the scale of the positions.
+        h = self.tokens(input_ids) * math.sqrt(d) + sinusoidal_positions(L, d, input_ids.device)
+        causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).triu(1)  # True = may not attend
+        h = self.layers(self.drop(h), self.memory_in(memory), tgt_mask=causal, tgt_is_causal=True,
+                        tgt_key_padding_mask=input_ids == pad_id, memory_key_padding_mask=~memory_mask)
+        return F.linear(h, self.tokens.weight)
+
+
+class SignTranslator(nn.Module):
+    def __init__(self, c: ModelConfig, token_ids: torch.Tensor | None = None):
+        super().__init__()
+        self.config = c
+        self.encoder = PoseEncoder(c)
+        if c.shared_head:
+            self.heads = nn.ModuleDict({"shared": ProjectionHead(c.embed_dim, c.proj_dim)})
+        else:
+            self.heads = nn.ModuleDict({"supcon": ProjectionHead(c.embed_dim, c.proj_dim),
+                                        "clip": ProjectionHead(c.embed_dim, c.proj_dim)})
+        self.text_proj = ProjectionHead(c.text_dim, c.proj_dim, hidden=c.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
+        self.decoder = TextDecoder(c, memory_dim=c.proj_dim if c.shared_head else c.embed_dim)
+        if token_ids is None:
+            token_ids = torch.arange(c.vocab_size)
+        if len(token_ids) != c.vocab_size:
+            raise ValueError(f"token_ids has {len(token_ids)} entries for a vocabulary of {c.vocab_size}")
+        self.register_buffer("token_ids", torch.as_tensor(token_ids, dtype=torch.long))
+
+    # --- the API the trainer, the evaluation and translation use --------------------------------
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B,T,F) frame features, mask (B,T) True on real frames -> memory (B,T,D)."""
+        return self.encoder(x, mask)
+
+    def video_embedding(self, memory, mask, head: str = "clip") -> torch.Tensor:
+        """(B, proj_dim) L2-normalised video embedding from the "clip" or "supcon" head."""
+        if head not in ("clip", "supcon"):
+            raise ValueError(f"head must be 'clip' or 'supcon', got {head!r}")
+        if self.config.shared_head:  # seed setup: head per frame, then pool (what the decoder reads)
+            return F.normalize(masked_mean(self.heads["shared"](memory), mask).float(), dim=-1)
+        return F.normalize(self.heads[head](masked_mean(memory, mask)).float(), dim=-1)
+
+    def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Cached frozen sentence embeddings (B, text_dim) -> (B, proj_dim) L2-normalised."""
+        return F.normalize(self.text_proj(text_emb).float(), dim=-1)
+
+    def clip_scale(self) -> torch.Tensor:
+        """exp of the learnable log logit scale, clamped at logit_scale_max as in CLIP."""
+        return self.logit_scale.clamp(0, self.config.logit_scale_max).exp()
+
+    def decoder_memory(self, memory: torch.Tensor) -> torch.Tensor:
+        return self.heads["shared"](memory) if self.config.shared_head else memory
+
+    def decoder_logits(self, memory, mask, input_ids) -> torch.Tensor:
+        """Teacher forcing: input_ids (B,L) model ids starting with BOS -> next-token logits (B,L,V)."""
+        return self.decoder(self.decoder_memory(memory), mask, input_ids, self.config.pad_id)
+
+    def forward(self, x, mask, input_ids=None, text_emb=None, heads=("supcon", "clip")) -> dict:
+        """Everything one training step needs in one call (so DistributedDataParallel sees a
+        forward): memory, the requested video embeddings, text embedding, decoder logits."""
+        memory = self.encode(x, mask)
+        out = {"memory": memory, "logit_scale": self.clip_scale()}
+        for h in heads:
+            out[h] = self.video_embedding(memory, mask, h)
+        if text_emb is not None:
+            out["text"] = self.text_embedding(text_emb)
+        if input_ids is not None:
+            out["logits"] = self.decoder_logits(memory, mask, input_ids)
+        return out
+
+    @torch.no_grad()
+    def generate(self, memory, mask, max_len: int = 40, beam_size: int = 1,
+                 length_penalty: float = 1.0) -> list[list[int]]:
+        """Batched greedy (beam_size 1) or beam search. Returns real tokenizer ids, no specials."""
+        c = self.config
+        B, device = memory.shape[0], memory.device
+        K = max(1, beam_size)
+        mem = self.decoder_memory(memory).repeat_interleave(K, 0)
+        mmask = mask.repeat_interleave(K, 0)
+        seqs = torch.full((B * K, 1), c.bos_id, dtype=torch.long, device=device)
+        scores = torch.zeros(B, K, device=device)
+        scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+        done = torch.zeros(B * K, dtype=torch.bool, device=device)
+        banned = torch.tensor([c.pad_id, c.bos_id], device=device)
+        for _ in range(max_len):
+            logits = self.decoder(mem, mmask, seqs, c.pad_id)[:, -1].float()
+            logp = F.log_softmax(logits, dim=-1)
+            logp[:, banned] = float("-inf")
+            # a finished beam can only append PAD, at no cost, so its score stays as it is
+            logp[done] = float("-inf")
+            logp[done, c.pad_id] = 0.0
+            V = logp.shape[1]
+            cand = (scores.reshape(B * K, 1) + logp).reshape(B, K * V)
+            scores, flat = cand.topk(K, dim=1)
+            beam = flat // V + torch.arange(B, device=device)[:, None] * K
+            token = (flat % V).reshape(-1)
+            seqs = torch.cat([seqs[beam.reshape(-1)], token[:, None]], dim=1)
+            done = done[beam.reshape(-1)] | (token == c.eos_id)
+            if bool(done.all()):
+                break
+        out = seqs[:, 1:].reshape(B, K, -1)
+        is_eos_or_pad = (out == c.eos_id) | (out == c.pad_id)
+        # length = tokens up to and including EOS; normalise scores by it to pick the final beam
+        lengths = (~is_eos_or_pad).sum(-1) + (out == c.eos_id).any(-1).long()
+        best = (scores / lengths.clamp(min=1).float() ** length_penalty).argmax(1)
+        chosen = out[torch.arange(B, device=device), best]
+        real = self.token_ids[chosen].tolist()
+        result = []
+        for row_model, row_real in zip(chosen.tolist(), real):
+            words = []
+            for m, r in zip(row_model, row_real):
+                if m == c.eos_id or m == c.pad_id:
+                    break
+                words.append(r)
+            result.append(words)
+        return result
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: no weight decay on biases, norms, embeddings and the logit scale."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "tokens" in name or name == "logit_scale" else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

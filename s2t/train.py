@@ -1,0 +1,440 @@
+"""`python -m s2t train`: SupCon + CLIP + caption cross-entropy on a feature cache.
+
+Plain PyTorch, top to bottom: load the cache into memory -> build the model -> loop over
+optimizer steps (accumulating micro-batches) -> validate / log / checkpoint. Resume restores
+everything that decides the next step (weights, AdamW moments, GradScaler, sampler position,
+augmentation and dropout RNG, memory queues), so a resumed run repeats the uninterrupted one.
+
+Multi-GPU: launch with `torchrun --nproc_per_node N -m s2t train ...`; every rank draws its own
+share of each epoch's batches and the contrastive losses score local against gathered features.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .checkpoint import (CONFIG, LAST, CheckpointError, build_model, link_checkpoint,
+                         load_checkpoint, read_run, save_checkpoint, strip, write_run_info)
+from .config import TrainConfig, load_config
+from .data import KeypointData, PKBatchSampler
+from .losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss
+
+log = logging.getLogger("s2t.train")
+METRICS = "metrics.jsonl"
+COLLAPSE_NEG_SIM = 0.8  # NegSim above this at consecutive validations = embeddings in one narrow cone
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {cfg.device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype (None = fp32): fp16 + GradScaler on CUDA by default, fp32 on CPU."""
+    p = cfg.precision
+    if p == "auto":
+        p = "fp16" if device.type == "cuda" else "fp32"
+    if p == "fp16" and device.type != "cuda":
+        raise TrainingError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[p]
+
+
+class Losses:
+    """The three weighted losses and the queues that feed the contrastive ones."""
+
+    def __init__(self, cfg: TrainConfig, vocab, device):
+        w = cfg.loss_weights
+        self.weights = {"supcon": w.supcon, "clip": w.clip, "ce": w.ce}
+        self.active = [k for k, v in self.weights.items() if v > 0]
+        self.supcon = SupConLoss(cfg.temperature)
+        self.clip = ClipLoss()
+        self.caption = CaptionLoss(vocab.pad, cfg.label_smoothing)
+        q, d = cfg.queue_size, cfg.proj_dim
+        self.queues = {"supcon": MemoryQueue(q, d, device), "clip_video": MemoryQueue(q, d, device),
+                       "clip_text": MemoryQueue(q, d, device)}
+
+    def heads(self) -> tuple[str, ...]:
+        return tuple(h for h in ("supcon", "clip") if h in self.active)
+
+    def __call__(self, out: dict, batch, use_queue: bool = True):
+        """-> total, {name: loss} for the active losses. `out` is SignTranslator.forward's."""
+        parts = {}
+        if "supcon" in self.active:
+            qf, ql = self.queues["supcon"].get() if use_queue else (None, None)
+            parts["supcon"] = self.supcon(out["supcon"], batch.label, qf, ql)
+        if "clip" in self.active:
+            (qv, ql), (qt, _) = ((self.queues["clip_video"].get(), self.queues["clip_text"].get())
+                                 if use_queue else ((None, None), (None, None)))
+            parts["clip"] = self.clip(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql)
+        if "ce" in self.active:
+            parts["ce"] = self.caption(out["logits"], batch.tokens[:, 1:])
+        total = sum(self.weights[k] * v for k, v in parts.items())
+        return total, parts
+
+    def push(self, out: dict, batch) -> None:
+        if "supcon" in self.active:
+            self.queues["supcon"].push(out["supcon"], batch.label)
+        if "clip" in self.active:
+            self.queues["clip_video"].push(out["clip"], batch.text_id)
+            self.queues["clip_text"].push(out["text"], batch.text_id)
+
+
+@torch.no_grad()
+def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autocast, split="val") -> dict:
+    """Val losses (no queue) and the collapse metrics of the video/text embeddings."""
+    from .metrics import embedding_metrics
+
+    was_training = model.training
+    model.eval()
+    sums, n, video, text, labels, text_ids = {}, 0, [], [], [], []
+    head = "clip" if "clip" in losses.active else "supcon"
+    for batch in data.iterate(split, cfg.batch_size):
+        with autocast():
+            out = model(batch.x, batch.mask, batch.tokens[:, :-1], batch.text_emb, heads=("supcon", "clip"))
+            total, parts = losses(out, batch, use_queue=False)
+        b = len(batch.index)
+        for k, v in {"loss": total, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * b
+        n += b
+        video.append(out[head].float())
+        text.append(out["text"].float())
+        labels.append(batch.label)
+        text_ids.append(batch.text_id)
+    model.train(was_training)
+    if n == 0:
+        return {}
+    metrics = embedding_metrics(torch.cat(video), torch.cat(text), torch.cat(labels).cpu(),
+                                text_keys=torch.cat(text_ids).cpu())
+    return {**{k: v / n for k, v in sums.items()}, "pos_sim": metrics["pos_sim"], "neg_sim": metrics["neg_sim"],
+            "ret1_v2t": metrics["ret1_v2t"], "ret1_t2v": metrics["ret1_t2v"], "ret5_v2t": metrics["ret5_v2t"],
+            "rankme": metrics["rankme"], "n_samples": n, "head": head}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint state
+
+def training_state(model, opt, scaler, sampler, gens, losses, step, counters) -> tuple[dict, dict]:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, state in osd["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    for qname, q in losses.queues.items():
+        for key, value in q.state_dict().items():
+            tensors[f"queue.{qname}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    for name, g in gens.items():
+        tensors[f"rng.{name}"] = g.get_state()
+    meta = {"step": step, "optim_groups": osd["param_groups"], "scaler": scaler.state_dict(),
+            "sampler": sampler.state_dict(), **counters}
+    return tensors, meta
+
+
+def restore_state(path: Path, model, opt, scaler, sampler, gens, losses) -> dict:
+    tensors, meta = load_checkpoint(path)
+    model.load_state_dict(strip(tensors, "model."))
+    state: dict[int, dict] = {}
+    for key, value in strip(tensors, "optim.").items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+    if meta["scaler"]:
+        scaler.load_state_dict(meta["scaler"])
+    sampler.load_state_dict(meta["sampler"])
+    for qname, q in losses.queues.items():
+        q.load_state_dict(strip(tensors, f"queue.{qname}."))
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+    for name, g in gens.items():
+        g.set_state(tensors[f"rng.{name}"].to(g.get_state().device))
+    return meta
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train; returns the last validation metrics (empty dict without a val split)."""
+    run_dir = Path(run_dir)
+    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in
+                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    device = resolve_device(cfg, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    main_proc = rank == 0
+    amp_dtype = resolve_precision(cfg, device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    # --- data and model (the run folder's vocabulary on resume, so ids cannot shift)
+    torch.manual_seed(cfg.seed + rank)
+    info = None
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise TrainingError(f"{run_dir}: nothing to resume (no {LAST})")
+        _, info = read_run(run_dir)
+    elif (run_dir / LAST).exists():
+        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run")
+    from .data import Vocab
+    t0 = time.time()
+    data = KeypointData(cache_dir, cfg, device, vocab=Vocab.from_json(info["vocab"]) if info else None)
+    train_rows = data.rows("train")
+    if len(train_rows) == 0:
+        raise TrainingError(f"{cache_dir}: no samples with split 'train'")
+    has_val = len(data.rows("val")) > 0
+    if main_proc:
+        log.info("cache %s: %d train / %d val samples, %d features per frame, vocabulary %d (%s), "
+                 "data on %s, loaded in %.1fs", cache_dir, len(train_rows), len(data.rows("val")),
+                 data.feature_dim, data.vocab.size, data.vocab.kind, data.store, time.time() - t0)
+        if not has_val:
+            log.warning("no 'val' split in the cache: no validation metrics will be computed")
+    info = info or {"cache": data.cache_dir, "vocab": data.vocab.to_json(), "components": data.components,
+                    "in_dim": data.feature_dim, "text_dim": data.text_dim}
+    model, _ = build_model(cfg, info)
+    model.to(device)
+    raw_model = model
+    losses = Losses(cfg, data.vocab, device)
+    if world > 1:  # a switched-off loss leaves its head without gradient: tell DDP
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=len(losses.active) < 3)
+    if main_proc:
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        log.info("model: %.2fM parameters, precision %s, device %s", n_params / 1e6,
+                 str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device)
+
+    opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
+                            fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    sampler = PKBatchSampler(data.label_np[train_rows], data.lengths[train_rows], cfg.batch_size,
+                             cfg.samples_per_label, cfg.bucket_batches, seed=cfg.seed, rank=rank, world=world)
+    gens = {"aug_time": torch.Generator().manual_seed(cfg.seed * 1000 + rank),
+            "aug_space": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)}
+    step, counters = 0, {"bad_steps": 0, "samples_seen": 0}
+    metrics_path = run_dir / METRICS
+    if resume:
+        meta = restore_state(run_dir / LAST, raw_model, opt, scaler, sampler, gens, losses)
+        step = meta["step"]
+        counters = {k: meta.get(k, v) for k, v in counters.items()}
+        if main_proc:
+            truncate_metrics(metrics_path, step)
+            log.info("resumed %s at step %d", run_dir / LAST, step)
+    if main_proc:
+        write_run_info(run_dir, cfg, info)  # the resolved config (with resume overrides) + vocabulary
+    writer = _tensorboard(run_dir) if main_proc else None
+    metrics_file = open(metrics_path, "a") if main_proc else None
+
+    def record(entry: dict) -> None:
+        metrics_file.write(json.dumps(entry) + "\n")
+        metrics_file.flush()
+        if writer is not None:
+            for k, v in entry.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    writer.add_scalar(f"{entry.get('split', 'train')}/{k}", v, entry["step"])
+
+    def checkpoint() -> None:
+        tensors, meta = training_state(raw_model, opt, scaler, sampler, gens, losses, step, counters)
+        periodic = run_dir / f"step-{step:06d}.safetensors"
+        save_checkpoint(periodic, tensors, meta)
+        link_checkpoint(periodic, run_dir / LAST)
+        for old in sorted(run_dir.glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
+            old.unlink()
+
+    from tqdm import tqdm
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_proc, dynamic_ncols=True, desc="train")
+    window = {"t": time.time(), "samples": 0, "data_s": 0.0}
+    high_neg_sim, val = 0, {}
+    model.train()
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            parts_sum, finite = None, True
+            for micro in range(cfg.accumulation_steps):
+                t_data = time.perf_counter()
+                batch = data.batch(train_rows[next(sampler)], gens["aug_time"], gens["aug_space"])
+                window["data_s"] += time.perf_counter() - t_data
+                # DDP: all-reduce gradients once per step, on the last micro-batch
+                last_micro = micro == cfg.accumulation_steps - 1
+                with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
+                    out = model(batch.x, batch.mask, batch.tokens[:, :-1] if "ce" in losses.active else None,
+                                batch.text_emb if "clip" in losses.active else None, heads=losses.heads())
+                    total, parts = losses(out, batch)
+                    scaler.scale(total / cfg.accumulation_steps).backward()
+                detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])
+                parts_sum = detached if parts_sum is None else parts_sum + detached
+                if not torch.isfinite(total):  # never let a NaN embedding into the queues
+                    finite = False
+                    break
+                losses.push(out, batch)
+                window["samples"] += len(batch.index) * world
+            values = (parts_sum / cfg.accumulation_steps).tolist()
+            if not finite:
+                counters["bad_steps"] += 1
+                opt.zero_grad(set_to_none=True)
+                log.warning("step %d: loss is %s; step skipped (%d so far)", step + 1, values[0], counters["bad_steps"])
+                if counters["bad_steps"] > cfg.max_bad_steps:
+                    raise TrainingError(f"{counters['bad_steps']} steps with a NaN/inf loss (max_bad_steps "
+                                        f"{cfg.max_bad_steps}); lower lr, check the cache, or use fp32")
+                grad_norm = float("nan")
+            else:
+                scaler.unscale_(opt)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+                scaler.step(opt)
+                scaler.update()
+            step += 1
+            counters["samples_seen"] += cfg.batch_size * cfg.accumulation_steps * world
+
+            if main_proc and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                elapsed = time.time() - window["t"]
+                entry = {"step": step, "split": "train", "loss": values[0],
+                         **dict(zip(parts.keys(), values[1:])), "lr": lr, "grad_norm": grad_norm,
+                         "logit_scale": float(raw_model.clip_scale().detach()), "samples_per_s": window["samples"] / elapsed,
+                         "data_share": window["data_s"] / elapsed, "bad_steps": counters["bad_steps"]}
+                record(entry)
+                bar.set_postfix({k: f"{entry[k]:.3f}" for k in ("loss", *parts.keys())})
+                window = {"t": time.time(), "samples": 0, "data_s": 0.0}
+            bar.update(1)
+
+            if has_val and main_proc and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+                val = validate(raw_model, data, losses, cfg, autocast)
+                record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"}})
+                log.info("step %d val: loss %.3f PosSim %.3f NegSim %.3f Ret@1 v2t %.3f t2v %.3f", step,
+                         val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
+                high_neg_sim = high_neg_sim + 1 if val["neg_sim"] > COLLAPSE_NEG_SIM else 0
+                if high_neg_sim >= 2:
+                    log.warning("NegSim %.3f > %.1f at %d validations in a row: the %s embeddings sit in one "
+                                "narrow cone (collapse)", val["neg_sim"], COLLAPSE_NEG_SIM, high_neg_sim, val["head"])
+            if world > 1:
+                dist.barrier()
+
+            stopping = stop_after is not None and step >= stop_after
+            if main_proc and (step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping):
+                checkpoint()
+            if stopping:
+                log.info("stopping after step %d as asked (--stop-after)", step)
+                break
+    finally:
+        bar.close()
+        if metrics_file:
+            metrics_file.close()
+        if writer is not None:
+            writer.close()
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return val
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed: metrics go to %s only", run_dir / METRICS)
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+HELP = """Train a sign-to-text model on a feature cache made by `make features`.
+
+The config is a YAML preset (configs/train/*.yaml) optionally followed by an overlay (e.g.
+configs/train/cpu_scale.yaml: the same recipe with a CPU-sized model), then key=value
+overrides, e.g. batch_size=256 loss_weights.clip=0.5 augment.enabled=false.
+The run folder receives metrics.jsonl, TensorBoard logs (tb/), config.yaml, run.json and
+checkpoints (last.safetensors, step-NNNNNN.safetensors). --resume continues from
+last.safetensors with the run's own config.yaml (+ any key=value overrides).
+"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m s2t train", description=HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", required=True, help="sealed cache folder (cache/<name>-<fingerprint>)")
+    p.add_argument("--config", help="training preset YAML (not needed with --resume)")
+    p.add_argument("--config-overlay", action="append", default=[],
+                   help="YAML applied after --config (repeatable), e.g. configs/train/cpu_scale.yaml")
+    p.add_argument("--run", required=True, help="run folder for checkpoints and logs")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="checkpoint and exit after this step, as if interrupted (time slicing, tests)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    from .config import ConfigError
+    try:
+        if args.resume:
+            saved = Path(args.run) / CONFIG
+            if not saved.is_file():
+                raise TrainingError(f"{args.run}: nothing to resume (no {CONFIG})")
+            cfg = load_config([saved], args.overrides)
+            if args.config:
+                asked = load_config([args.config, *args.config_overlay], args.overrides)
+                if asked != cfg:
+                    log.warning("--resume uses the run's own %s; --config %s differs and is ignored",
+                                saved, args.config)
+        else:
+            if not args.config:
+                p.error("--config is required (unless --resume)")
+            cfg = load_config([args.config, *args.config_overlay], args.overrides)
+        train(cfg, args.cache, args.run, resume=args.resume, stop_after=args.stop_after)
+    except (ConfigError, TrainingError, CheckpointError) as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""`python -m s2t translate FILE --run DIR [--beam 4] [--top 5]`: one new input to text.
+
+FILE is a video (MediaPipe Holistic runs on it), a .pose file or a .npy/.npz of (T, 543, 3|4)
+landmarks. It goes through the same path as training: the cache's frame rate, `s2t.data`'s
+normalisation, the run's model. Prints the decoded sentence and the training sentences nearest in
+the CLIP space with their cosine. An input without a person is an error (exit 1), never a
+made-up sentence.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Vocab, normalise_keypoints
+
+
+NO_WORDS = "(none: the model ended the sentence at once)"
+
+
+@dataclass
+class Translation:
+    sentence: str
+    neighbours: list[tuple[str, float]]  # (training sentence, cosine), best first
+    n_frames: int
+
+
+def training_sentences(cache, model, device, batch_size: int = 1024) -> tuple[list[str], torch.Tensor]:
+    """Distinct training sentences of the run's cache and their CLIP text embeddings
+    (read from the text store only: no keypoints are loaded)."""
+    from preprocess.manifest import normalise_text
+
+    texts = np.asarray(cache.samples["text"]).astype(str)
+    split = np.asarray(cache.samples["split"]).astype(str)
+    rows = np.flatnonzero(split == "train")
+    _, first = np.unique([normalise_text(t) for t in texts[rows]], return_index=True)
+    rows = rows[np.sort(first)]
+    sentence_emb = torch.from_numpy(np.asarray(cache.text().embeddings, np.float32)[rows])
+    with torch.no_grad():
+        emb = [model.text_embedding(sentence_emb[a:a + batch_size].to(device)).float().cpu()
+               for a in range(0, len(rows), batch_size)]
+    return list(texts[rows]), torch.cat(emb) if emb else torch.zeros(0, 1)
+
+
+def has_person(keypoints: np.ndarray) -> bool:
+    """Any frame with a detected body or hand point (face alone is not someone signing)."""
+    from preprocess.layout import COMPONENT_SLICES
+
+    parts = [keypoints[:, COMPONENT_SLICES[c], :2] for c in ("pose", "left_hand", "right_hand")]
+    return bool(np.isfinite(np.concatenate(parts, axis=1)).any())
+
+
+@torch.no_grad()
+def translate(keypoints: np.ndarray, model, cfg, vocab: Vocab, gallery: tuple[list[str], torch.Tensor],
+              beam: int = 1, top: int = 5, device="cpu") -> Translation:
+    """(T, 543, 3) keypoints -> the model's sentence and its `top` nearest training sentences."""
+    x = torch.from_numpy(normalise_keypoints(keypoints, cfg.components, None))[None].to(device)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+    model.eval()
+    memory = model.encode(x, mask)
+    ids = model.generate(memory, mask, max_len=cfg.max_text_len, beam_size=max(1, beam))
+    sentence = vocab.decode(ids)[0]
+    texts, emb = gallery
+    video = model.video_embedding(memory, mask, head="clip").float().cpu()
+    scores, idx = (video @ emb.T)[0].topk(min(top, len(texts))) if len(texts) else (torch.zeros(0),) * 2
+    return Translation(sentence, [(texts[i], float(s)) for s, i in zip(scores.tolist(), idx.tolist())],
+                       int(x.shape[1]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m s2t translate", description=__doc__.split("\n")[0])
+    ap.add_argument("file", type=Path, help="video, .pose, .npy or .npz")
+    ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
+    ap.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
+    ap.add_argument("--top", type=int, default=5, help="how many nearest training sentences to list")
+    ap.add_argument("--cache", type=Path, help="cache for frame rate and training sentences (default: the run's)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+
+    from preprocess.keypoint_sources import SourceError, load_keypoints
+    from preprocess.store import open_cache
+
+    from .checkpoint import load_run
+    from .evaluate import _vocab
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, cfg, info = load_run(args.run, device)
+    cache = open_cache(args.cache or info["cache"], text=cfg.text_store)
+    settings = cache.meta.get("settings", {})
+    try:  # the frame rate the model was trained at: the cache's setting
+        keypoints, fps = load_keypoints(args.file, target_fps=settings.get("fps"),
+                                        default_fps=settings.get("default_fps") or 25.0)
+    except SourceError as e:
+        print(f"error: cannot translate {e.path}: {e.reason}", file=sys.stderr)
+        return 1
+    if not has_person(keypoints):
+        print(f"error: cannot translate {args.file}: no person detected in any of its "
+              f"{len(keypoints)} frames", file=sys.stderr)
+        return 1
+    gallery = training_sentences(cache, model, device)
+    result = translate(keypoints, model, cfg, _vocab(info), gallery, beam=args.beam, top=args.top,
+                       device=device)
+    print(f"{args.file} ({len(keypoints)} frames at {fps:g} fps, {result.n_frames} to the model)")
+    print(f"translation: {result.sentence or NO_WORDS}")
+    print(f"nearest training sentences (cosine, CLIP space):")
+    for rank, (text, score) in enumerate(result.neighbours, 1):
+        print(f"  {rank}. {score:+.3f}  {text}")
+    return 0

@@ -1,0 +1,295 @@
+"""Config, data pipeline, and real (tiny) training runs on a generated cache."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from preprocess.layout import COMPONENT_SLICES, POSE_INDEX
+from preprocess.store import open_cache, write_cache
+from preprocess.text import load_tokenizer, tokenize
+from s2t.checkpoint import CheckpointError, load_checkpoint, load_run
+from s2t.config import ConfigError, load_config
+from s2t.data import KeypointData, PKBatchSampler, normalise_keypoints
+from s2t.train import TrainingError, main, train
+
+SENTENCES = ["do you have pain in your chest", "take two tablets every morning",
+             "the doctor will see you now", "are you allergic to penicillin",
+             "we need to check your blood pressure", "call us if the fever gets worse"]
+
+# A model small enough that a few dozen steps take seconds on a 2-core CPU.
+TINY = ["embed_dim=64", "proj_dim=32", "heads=4", "batch_size=24", "samples_per_label=4",
+        "queue_size=48", "warmup_steps=5", "lr=2e-3", "log_every=1"]
+
+
+def synthetic_sample(label: int, rng, n_labels: int) -> np.ndarray:
+    """(T, 543, 3): a body at a random place/size whose right wrist draws a label-specific loop
+    with a label-specific hand shape; the left hand is sometimes not detected (NaN)."""
+    T = int(rng.integers(16, 36))
+    kp = np.full((T, 543, 3), np.nan, np.float32)
+    shift, size = rng.normal(0, 0.03, 2), rng.uniform(0.8, 1.2)
+    pose = rng.normal(0, 0.05, (33, 3)) * size
+    pose[POSE_INDEX["left_shoulder"], :2], pose[POSE_INDEX["right_shoulder"], :2] = [0.1 * size, 0], [-0.1 * size, 0]
+    kp[:, COMPONENT_SLICES["pose"]] = pose + [0.5 + shift[0], 0.5 + shift[1], 0]
+    t = np.linspace(0, 1, T)
+    freq, phase = 1 + label % 3, 2 * np.pi * label / n_labels
+    wrist = np.stack([0.5 + shift[0] + 0.1 * size * np.cos(2 * np.pi * freq * t + phase),
+                      0.4 + shift[1] + 0.1 * size * np.sin(2 * np.pi * freq * t + phase), np.zeros(T)], 1)
+    shape = np.random.default_rng(label).normal(0, 0.03, (21, 3))
+    shape[0] = 0
+    kp[:, COMPONENT_SLICES["right_hand"]] = wrist[:, None] + shape * size + rng.normal(0, 0.003, (T, 21, 3))
+    kp[:, COMPONENT_SLICES["left_hand"]] = [0.6, 0.6, 0] + shape[::-1] * size + rng.normal(0, 0.003, (T, 21, 3))
+    kp[rng.random(T) < 0.2, COMPONENT_SLICES["left_hand"]] = np.nan
+    return kp
+
+
+def make_corpus(out, train_per_label=12, val_per_label=4, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, kps = [], []
+    for label, sentence in enumerate(SENTENCES):
+        for j in range(train_per_label + val_per_label):
+            rows.append({"id": f"s{label}_{j}", "text": sentence, "split": "train" if j < train_per_label else "val",
+                         "signer": f"p{j % 3}", "label": sentence, "fps": 15.0})
+            kps.append(synthetic_sample(label, rng, len(SENTENCES)))
+    ids, lengths = tokenize(load_tokenizer("default"), [r["text"] for r in rows], 16)
+    # frozen "sentence embeddings": one fixed random unit vector per sentence
+    emb = np.random.default_rng(99).normal(size=(len(SENTENCES), 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    text = {"input_ids": ids, "lengths": lengths, "embeddings": emb[[SENTENCES.index(r["text"]) for r in rows]],
+            "tokenizer": "default", "text_model": "random-per-sentence"}
+    return write_cache(out, rows, kps, text)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "cache")
+
+
+def tiny_cfg(*overrides):
+    return load_config("configs/train/tiny_cpu.yaml", [*TINY, *overrides])
+
+
+def losses_by_step(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e for e in lines if e["split"] == "train"}, [e for e in lines if e["split"] == "val"]
+
+
+# --------------------------------------------------------------------------------------- config
+
+def test_presets_load_and_say_what_they_are():
+    rec = load_config("configs/train/recommended.yaml")
+    seed = load_config("configs/train/seed_baseline.yaml")
+    assert (rec.embed_dim, rec.temperature, rec.batch_size, rec.dropout) == (512, 0.05, 128, 0.2)
+    assert (rec.loss_weights.supcon, rec.loss_weights.clip, rec.loss_weights.ce) == (1.0, 1.0, 2.0)
+    assert not rec.shared_head and rec.queue_size > 0 and 4 <= rec.encoder_layers <= 6
+    assert (seed.batch_size, seed.embed_dim, seed.temperature, seed.loss_weights.clip) == (16, 256, 0.07, 0.0)
+    assert seed.shared_head and seed.queue_size == 0
+    # the CPU overlay shrinks the model and keeps each recipe
+    for preset in (rec, seed):
+        name = "recommended" if preset is rec else "seed_baseline"
+        small = load_config([f"configs/train/{name}.yaml", "configs/train/cpu_scale.yaml"])
+        assert small.embed_dim == 128 and small.encoder_layers == 2
+        assert (small.batch_size, small.temperature, small.shared_head, small.queue_size, small.loss_weights) == \
+               (preset.batch_size, preset.temperature, preset.shared_head, preset.queue_size, preset.loss_weights)
+
+
+def test_overrides_are_type_checked_and_unknown_keys_name_the_valid_ones():
+    cfg = load_config("configs/train/tiny_cpu.yaml", ["batch_size=64", "loss_weights.clip=0.5", "lr=1e-4",
+                                                     "augment.enabled=false", "components=[pose,right_hand]"])
+    assert (cfg.batch_size, cfg.loss_weights.clip, cfg.lr, cfg.augment.enabled) == (64, 0.5, 1e-4, False)
+    assert cfg.components == ["pose", "right_hand"]
+    with pytest.raises(ConfigError, match="unknown config key 'batch'.*batch_size"):
+        load_config("configs/train/tiny_cpu.yaml", ["batch=3"])
+    with pytest.raises(ConfigError, match="loss_weights.supcon, loss_weights.clip"):
+        load_config(None, ["loss_weights.clipp=1"])
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        load_config(None, ["batch_size=1.5"])
+    with pytest.raises(ConfigError, match="multiple of samples_per_label"):
+        load_config(None, ["batch_size=30", "samples_per_label=4"])
+    with pytest.raises(ConfigError, match="components"):
+        load_config(None, ["components=[pose,feet]"])
+
+
+# --------------------------------------------------------------------------------------- data
+
+def test_sampler_gives_p_by_k_batches_and_restores_its_state():
+    labels = np.repeat(np.arange(10), [7, 3, 5, 9, 4, 4, 1, 6, 8, 5])
+    lengths = np.random.default_rng(0).integers(10, 100, len(labels))
+    s = PKBatchSampler(labels, lengths, batch_size=12, k=4, seed=3)
+    seen = [next(s) for _ in range(5)]
+    for b in seen:
+        assert len(b) == 12
+        _, counts = np.unique(labels[b], return_counts=True)
+        assert all(c % 4 == 0 for c in counts)  # whole units of K
+    state = s.state_dict()
+    ahead = [next(s) for _ in range(20)]  # crosses epoch boundaries (an epoch is ~4 batches)
+    s2 = PKBatchSampler(labels, lengths, batch_size=12, k=4, seed=99)
+    s2.load_state_dict(json.loads(json.dumps(state)))  # the state survives JSON (checkpoint metadata)
+    assert all(np.array_equal(a, b) for a, b in zip(ahead, [next(s2) for _ in range(20)]))
+
+
+def test_bucketing_pads_less_than_random_batches():
+    rng = np.random.default_rng(0)
+    labels, lengths = rng.integers(0, 200, 4000), rng.integers(20, 300, 4000)
+
+    def efficiency(batches):
+        b = np.array(batches)
+        return lengths[b].sum() / (lengths[b].max(1) * b.shape[1]).sum()
+
+    bucketed = PKBatchSampler(labels, lengths, 64, 1, bucket_batches=50, seed=0)
+    random_ = PKBatchSampler(labels, lengths, 64, 1, bucket_batches=1, seed=0)  # window of 1 batch
+    eff_b = efficiency([next(bucketed) for _ in range(50)])
+    eff_r = efficiency([next(random_) for _ in range(50)])
+    assert eff_b > 0.9 > eff_r
+
+
+def test_one_sample_features_equal_the_evaluation_batch(corpus):
+    cfg = tiny_cfg("max_frames=20")  # the corpus has 16-35 frames: some get subsampled
+    data = KeypointData(corpus, cfg)
+    cache = open_cache(corpus)
+    for batch in data.iterate("val", 7):
+        for b, i in enumerate(batch.index.tolist()):
+            x = normalise_keypoints(cache.sample(i), cfg.components, cfg.max_frames)
+            n = int(batch.mask[b].sum())
+            assert n == min(20, cache.samples["n_frames"][i]) == len(x)
+            np.testing.assert_array_equal(x, batch.x[b, :n].numpy())
+    assert data.feature_dim == x.shape[1] == 3 * 75 + 3 * 42 + 3
+
+
+def test_normalisation_is_shoulder_relative_and_survives_missing_shoulders():
+    rng = np.random.default_rng(1)
+    kp = synthetic_sample(2, rng, 6)
+    moved = kp.copy()
+    moved[..., :2] = moved[..., :2] * 1.7 + 0.2  # same signing, other framing
+    moved[..., 2] *= 1.7                         # (MediaPipe's z is on the scale of x)
+    a = normalise_keypoints(kp, ["pose", "left_hand", "right_hand"])
+    b = normalise_keypoints(moved, ["pose", "left_hand", "right_hand"])
+    np.testing.assert_allclose(a[:, :-3], b[:, :-3], atol=2e-2)  # float16 storage rounding
+    kp[:5, COMPONENT_SLICES["pose"]] = np.nan  # shoulders lost for a few frames
+    kp[:, COMPONENT_SLICES["left_hand"]] = np.nan  # and a hand never seen
+    x = normalise_keypoints(kp, ["pose", "left_hand", "right_hand"])
+    assert np.isfinite(x).all()
+    assert (x[:, -3:-1] == [[0, 0]] * 5 + [[1, 0]] * (len(x) - 5)).all()  # presence flags: pose, left hand
+    nobody = np.full_like(kp, np.nan)
+    nobody[:, COMPONENT_SLICES["right_hand"]] = kp[:, COMPONENT_SLICES["right_hand"]]
+    assert np.isfinite(normalise_keypoints(nobody, ["pose", "right_hand"])).all()
+
+
+def test_augmented_batches_are_valid_and_differ(corpus):
+    data = KeypointData(corpus, tiny_cfg("augment.frame_drop=0.3", "augment.hand_drop=0.5"))
+    rows = data.rows("train")[:24]
+    gens = lambda: (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    a, b = data.batch(rows, *gens()), data.batch(rows, *gens())
+    torch.testing.assert_close(a.x, b.x)  # same generators, same batch
+    plain = data.batch(rows)
+    assert not torch.equal(a.mask, plain.mask) or not torch.equal(a.x, plain.x[:, : a.x.shape[1]])
+    assert torch.isfinite(a.x).all() and a.mask[:, 0].all()
+    hand_flags = a.x[..., -2:]  # presence of left/right hand
+    assert ((hand_flags == 0) | (hand_flags == 1)).all()
+    # a dropped hand is all zeros, never shifted by the affine
+    dropped = a.x[..., -1] == 0
+    rh = slice(3 * (33 + 21), 3 * (33 + 42))
+    assert (a.x[..., rh][dropped] == 0).all()
+
+
+# --------------------------------------------------------------------------------------- training
+
+def test_training_learns_the_corpus(corpus, tmp_path):
+    cfg = tiny_cfg("max_steps=60", "eval_every=30", "ckpt_every=60")
+    val = train(cfg, corpus, tmp_path / "run")
+    steps, vals = losses_by_step(tmp_path / "run")
+    first = np.mean([steps[s]["loss"] for s in range(1, 6)])
+    last = np.mean([steps[s]["loss"] for s in range(56, 61)])
+    assert last < 0.7 * first
+    assert {"supcon", "clip", "ce", "lr", "samples_per_s"} <= set(steps[60])
+    assert len(vals) == 2 and vals[-1] == {**vals[-1], **{k: val[k] for k in ("ret1_v2t", "neg_sim")}}
+    assert val["ret1_v2t"] >= 0.6  # chance: 1/6
+    assert val["pos_sim"] > val["neg_sim"] + 0.3
+    # the run folder rebuilds the model: it retrieves and translates
+    model, cfg2, info = load_run(tmp_path / "run")
+    assert cfg2 == cfg and info["step"] == 60
+    data = KeypointData(corpus, cfg2, vocab=info["vocab"])
+    batch = next(data.iterate("val", 24))
+    with torch.no_grad():
+        memory = model.encode(batch.x, batch.mask)
+        hyps = info["vocab"].decode(model.generate(memory, batch.mask, max_len=12))
+    assert len(hyps) == 24 and all(isinstance(h, str) for h in hyps)
+
+
+def test_resume_repeats_the_uninterrupted_run(corpus, tmp_path):
+    common = ["max_steps=10", "ckpt_every=100", "eval_every=100", "accumulation_steps=2"]
+    train(tiny_cfg(*common), corpus, tmp_path / "straight")
+    assert main(["--cache", str(corpus), "--config", "configs/train/tiny_cpu.yaml", "--run", str(tmp_path / "cut"),
+                 "--stop-after", "4", *TINY, *common]) == 0
+    assert main(["--cache", str(corpus), "--run", str(tmp_path / "cut"), "--resume"]) == 0
+    straight, _ = losses_by_step(tmp_path / "straight")
+    cut, _ = losses_by_step(tmp_path / "cut")
+    assert sorted(cut) == sorted(straight) == list(range(1, 11))
+    for step in range(1, 11):
+        for key in ("loss", "supcon", "clip", "ce", "grad_norm"):
+            assert cut[step][key] == pytest.approx(straight[step][key], rel=1e-6, abs=1e-6), (step, key)
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(corpus, tmp_path):
+    train(tiny_cfg("max_steps=1", "eval_every=100"), corpus, tmp_path / "run")
+    with pytest.raises(TrainingError, match="--resume"):
+        train(tiny_cfg("max_steps=1"), corpus, tmp_path / "run")
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_cfg("max_steps=1"), corpus, tmp_path / "empty", resume=True)
+
+
+def test_damaged_checkpoints_are_refused_by_name(corpus, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("max_steps=2", "eval_every=100"), corpus, run)
+    last = run / "last.safetensors"
+    data = bytearray(last.read_bytes())
+    flipped = tmp_path / "flipped.safetensors"
+    data[len(data) // 2] ^= 0xFF  # one byte inside the tensor data
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="flipped.safetensors.*checksum"):
+        load_checkpoint(flipped)
+    truncated = run / "truncated.safetensors"
+    truncated.write_bytes(last.read_bytes()[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated.safetensors.*not a readable checkpoint"):
+        load_run(run, checkpoint="truncated.safetensors")
+    last.write_bytes(bytes(data))  # damage the checkpoint a resume would read
+    assert main(["--cache", str(corpus), "--run", str(run), "--resume"]) == 1
+
+
+def test_checkpoints_load_without_unpickling(corpus, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_cfg("max_steps=2", "eval_every=100"), corpus, run)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checkpoint loading must not unpickle")
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model, _, info = load_run(run)
+    assert info["step"] == 2
+    train(tiny_cfg("max_steps=3", "eval_every=100"), corpus, run, resume=True)  # full training state too
+
+
+def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkeypatch):
+    import s2t.train as train_mod
+
+    class NaNOnSomeSteps(train_mod.SupConLoss):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            NaNOnSomeSteps.calls += 1
+            loss = super().forward(*args, **kwargs)
+            return loss * float("nan") if NaNOnSomeSteps.calls in (3, 5) else loss
+
+    monkeypatch.setattr(train_mod, "SupConLoss", NaNOnSomeSteps)
+    train(tiny_cfg("max_steps=8", "eval_every=100"), corpus, tmp_path / "run")
+    steps, _ = losses_by_step(tmp_path / "run")
+    assert steps[8]["bad_steps"] == 2 and np.isnan(steps[3]["loss"]) and np.isfinite(steps[4]["loss"])
+    model, _, _ = load_run(tmp_path / "run")
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # a NaN step never reached the weights
+
+    NaNOnSomeSteps.calls = 0
+    monkeypatch.setattr(NaNOnSomeSteps, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(TrainingError, match="NaN/inf loss"):
+        train(tiny_cfg("max_steps=8", "max_bad_steps=2", "eval_every=100"), corpus, tmp_path / "run2")
