@@ -163,7 +163,13 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
     unique, inverse = np.unique(np.array(annotations["text"], dtype=object), return_inverse=True)
     encoder = SentenceEncoder(tx["text_model"])
     embeddings = encoder.embed(list(unique), batch_size=tx["batch_size"], progress=progress)[inverse]
-    meta = {"tokenizer": tokenizer_id(tx["tokenizer"]), "text_model": tokenizer_id(tx["text_model"]),
+    # "tokenizer"/"text_model" stay loadable names (load_tokenizer/SentenceEncoder take them);
+    # the *_id fields are the stable identities that went into the fingerprint
+    def loadable(name):  # a local folder is stored absolute, so the run loads it from any working dir
+        return str(Path(name).resolve()) if name != "default" and Path(name).is_dir() else name
+
+    meta = {"tokenizer": loadable(tx["tokenizer"]), "text_model": loadable(tx["text_model"]),
+            "tokenizer_id": tokenizer_id(tx["tokenizer"]), "text_model_id": tokenizer_id(tx["text_model"]),
             "max_length": tx["max_length"], "vocab_hash": vocab_hash(tokenizer),
             "weights_hash": weights_hash(tx["text_model"]), "n_distinct_texts": len(unique),
             "versions": _versions("transformers", "tokenizers", "torch")}

@@ -45,7 +45,8 @@ _BODY = ["chest", "back", "head", "stomach", "neck", "throat", "arm", "leg", "kn
 _ACTION = ["walk", "eat", "breathe", "sleep", "cough", "move", "sit", "stand"]
 _SYMPTOM = ["a fever", "a cough", "a headache", "a rash", "chest pain", "back pain",
             "a sore throat", "nausea", "diarrhea"]
-_SINCE = ["yesterday", "last night", "last week", "this morning", "two days", "three days"]
+_SINCE = ["yesterday", "last night", "last week", "this morning", "monday", "the weekend"]
+_AGO = ["yesterday", "last night", "last week", "this morning", "two days ago", "three days ago"]
 _MEDICINE = ["this medicine", "these tablets", "the antibiotics", "the pain medicine", "two tablets"]
 _FREQUENCY = ["once a day", "twice a day", "three times a day", "every morning", "every night",
               "after each meal", "before you sleep"]
@@ -74,7 +75,7 @@ GRAMMAR: list[tuple[str, dict[str, list[str]]]] = [
      {"allergen": ["penicillin", "aspirin", "any medicine", "nuts", "eggs", "latex"]}),
     ("is the pain {quality}", {"quality": ["sharp", "dull", "constant", "worse at night",
                                            "better after rest", "getting worse"]}),
-    ("did the pain start {since}", {"since": _SINCE}),
+    ("did the pain start {ago}", {"ago": _AGO}),
     ("call us if the {problem} gets worse",
      {"problem": ["pain", "fever", "cough", "rash", "swelling", "bleeding"]}),
     ("please {instruction}", {"instruction": [
@@ -88,7 +89,7 @@ GRAMMAR: list[tuple[str, dict[str, list[str]]]] = [
      {"medicine": _MEDICINE, "frequency": _FREQUENCY,
       "duration": ["one week", "two weeks", "five days"]}),
     ("if the {problem} is worse after {since} please come back",
-     {"problem": ["pain", "fever", "cough", "rash", "swelling"], "since": _SINCE[-2:]}),
+     {"problem": ["pain", "fever", "cough", "rash", "swelling"], "since": ["two days", "three days"]}),
 ]
 MIN_WORDS, MAX_WORDS = 4, 12
 
@@ -265,15 +266,19 @@ def _minimal_pair(parent: dict, rng: np.random.Generator) -> dict:
 
 def build_lexicon(words: list[str], seed: int) -> dict[str, dict]:
     """One sign per word, drawn from the seed (JSON-serialisable, stored in corpus.json).
-    Most signs are minimal pairs of an earlier one, so that signs are confusable."""
+    Most signs are minimal pairs of an earlier freshly drawn sign, so that signs are confusable
+    (pairs are made from fresh signs only: families stay small and the mix of one- and
+    two-handed signs stays as drawn)."""
     rng = np.random.default_rng([seed, 1])
     lexicon: dict[str, dict] = {}
+    roots: list[str] = []
     for w in words:
-        if lexicon and rng.random() < 0.7:
-            parent = str(rng.choice(list(lexicon)))
+        if roots and rng.random() < 0.7:
+            parent = str(rng.choice(roots))
             lexicon[w] = {**_minimal_pair(lexicon[parent], rng), "variant_of": parent}
         else:
             lexicon[w] = _make_sign(rng)
+            roots.append(w)
     return lexicon
 
 
@@ -392,7 +397,7 @@ def hand_points(wrist, u, w, shape, right: bool, size: float = 1.0) -> np.ndarra
     thumb = _THUMB_CMC + np.cumsum(_THUMB_BONES[:, None] * thumb_dir, axis=1)
     local = np.concatenate([np.zeros((n, 1, 3)), np.broadcast_to(_THUMB_CMC, (n, 1, 3)), thumb,
                             fingers.reshape(n, 16, 3)], axis=1)  # (T,21,3)
-    return wrist[:, None] + size * np.einsum("tpk,tkd->tpd", local, basis)
+    return wrist[:, None] + size * (local @ basis)
 
 
 def arm_ik(shoulder, target, upper: float, fore: float, pole) -> tuple[np.ndarray, np.ndarray]:
@@ -501,7 +506,7 @@ def sign_sentence(words: list[str], lexicon: dict, signer: dict, rng: np.random.
     size = signer["body"]
     sway = _smooth_noise(rng, n, 3, 0.8 * fps) * (0.008, 0.004, 0.006) * size
 
-    hands, wrists, elbows = {}, {}, {}
+    hands, shoulders, elbows, wrists = {}, {}, {}, {}
     right_dominant = signer["handed"] == "right"
     for name, cols in (("dom", slice(0, 15)), ("other", slice(15, 30))):
         right = (name == "dom") == right_dominant
@@ -513,7 +518,7 @@ def sign_sentence(words: list[str], lexicon: dict, signer: dict, rng: np.random.
                               FOREARM * size, np.array((0.4 * side[0], -1.0, -0.35)))
         key = "right" if right else "left"
         hands[key] = hand_points(wrist, u, w, np.clip(h[:, 3:9], 0, 1), right, size * signer["hand"])
-        wrists[key], elbows[key] = wrist, elbow
+        shoulders[key], elbows[key], wrists[key] = shoulder, elbow, wrist
 
     # Head: slow drift, the signer's habitual tilt, a nod forward in questions; mouthing and
     # raised brows (questions) move parts of the face.
@@ -526,8 +531,9 @@ def sign_sentence(words: list[str], lexicon: dict, signer: dict, rng: np.random.
     face_local = (FACE_TEMPLATE[None] - (0, 0.008, 0) * mouth[:, None, None] * _JAW[None, :, None]
                   + (0, 0.005 * question, 0) * _BROW[None, :, None])
     neck = NECK * size + sway
-    face = neck[:, None] + size * np.einsum("tij,tpj->tpi", rot, face_local)
-    pose_face = neck[:, None] + size * np.einsum("tij,pj->tpi", rot, _POSE_FACE)
+    rot_t = rot.transpose(0, 2, 1)  # row vectors: p @ R^T
+    face = neck[:, None] + size * (face_local @ rot_t)
+    pose_face = neck[:, None] + size * (_POSE_FACE @ rot_t)
 
     pose = np.empty((n, 33, 3))
     pose[:, :11] = pose_face
@@ -535,8 +541,7 @@ def sign_sentence(words: list[str], lexicon: dict, signer: dict, rng: np.random.
         pose[:, k] = np.array((x, y, z)) * size + 0.3 * sway  # left side: +X
         pose[:, k + 1] = np.array((-x, y, z)) * size + 0.3 * sway
     for s, i in (("left", 0), ("right", 1)):
-        pose[:, 11 + i] = np.array(((1 if s == "left" else -1) * 0.19 * signer["shoulders"], 0, 0)) * size + sway
-        pose[:, 13 + i], pose[:, 15 + i] = elbows[s], wrists[s]
+        pose[:, 11 + i], pose[:, 13 + i], pose[:, 15 + i] = shoulders[s], elbows[s], wrists[s]
         pose[:, 17 + i], pose[:, 19 + i], pose[:, 21 + i] = (hands[s][:, j] for j in (17, 5, 3))
 
     # Camera: a view angle per signer, then body metres -> image-normalised x, y; z relative to
@@ -554,7 +559,7 @@ def sign_sentence(words: list[str], lexicon: dict, signer: dict, rng: np.random.
                         signer["cy"] + cam[1] - scale * pts[..., 1],
                         -scale * (pts[..., 2] - z0[:, None])], -1)
         jitter = signer["noise"] * (0.5 if name == "face" else 1.2 if "hand" in name else 1.0)
-        out[:, COMPONENT_SLICES[name]] = xyz + rng.normal(0, jitter, xyz.shape)
+        out[:, COMPONENT_SLICES[name]] = xyz + jitter * rng.standard_normal(xyz.shape, np.float32)
     _drop_like_mediapipe(out, signer, rng)
     return out
 

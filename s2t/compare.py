@@ -51,8 +51,7 @@ def load_summaries(runs, split: str) -> dict[str, dict]:
 
 
 def compare_markdown(summaries: dict[str, dict], split: str) -> str:
-    table = report.markdown_table({k: {kk: vv for kk, vv in v.items() if vv is not None}
-                                   for k, v in summaries.items()}, ROWS)
+    table = report.markdown_table(summaries, ROWS)
     verdicts = "\n".join(f"- **{name}**: {s['_verdict']}" for name, s in summaries.items())
     return f"# Runs compared on split `{split}`\n\n{table}\n\n## Verdicts\n\n{verdicts}\n"
 

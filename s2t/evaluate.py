@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,10 @@ import torch.nn.functional as F
 
 from . import metrics, plots, report
 from .data import KeypointData, Vocab, words_of
+
+
+class EvaluationError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -62,7 +65,11 @@ def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_l
     model.eval()
     out = Outputs()
     pad = data.vocab.pad
-    for b in data.iterate(split, batch_size):
+    rows = data.rows(split)
+    rows = rows[np.argsort(data.lengths[rows], kind="stable")]
+    # equal-sized length-sorted batches (not a remainder of 1, which would have no partner to swap with)
+    for chunk in np.array_split(rows, max(1, -(-len(rows) // batch_size))):
+        b = data.batch(chunk)
         memory = model.encode(b.x, b.mask)
         perm = metrics.derangement(b.label.cpu(), seed=seed + len(out.index)).to(memory.device)
         mem_s, mask_s = memory[perm], b.mask[perm]
@@ -127,7 +134,8 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
              max_len: int = 40, beam: int = 0, seed: int = 0, n_examples: int = 12) -> tuple[dict, dict]:
     """Compute the whole summary for one split. Returns (summary, extras for the plots)."""
     if not len(data.rows(split)):
-        raise ValueError(f"split {split!r} has no samples; splits here: {sorted(set(data.split))}")
+        raise EvaluationError(f"split {split!r} has no samples; "
+                              f"splits here: {sorted(set(data.split.tolist()))}")
     out = run_model(model, data, split, batch_size, max_len, beam, seed)
     index = out.cat("index").numpy()
     labels = data.label.cpu().numpy()[index]
@@ -210,22 +218,30 @@ def main(argv=None) -> int:
     ap.add_argument("--beam", type=int, default=0, help="also decode with this beam size (0/1: greedy only)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", type=Path, help="evaluate on this cache instead of the run's")
-    ap.add_argument("--checkpoint", help="which checkpoint of the run (default: load_run's choice)")
+    ap.add_argument("--checkpoint", help="checkpoint file name inside the run, e.g. step-000500.safetensors "
+                                         "(default: last.safetensors)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--examples", type=int, default=12, help="example translations in the report")
     ap.add_argument("--seed", type=int, default=0, help="seed of the swap permutation")
     ap.add_argument("--out", type=Path, help="output folder (default RUN/eval/SPLIT)")
     args = ap.parse_args(argv)
 
-    from .checkpoint import load_run
+    from preprocess.store import CacheError
+
+    from .checkpoint import CheckpointError, load_run
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.time()
-    model, cfg, info = load_run(args.run, device)
-    data = KeypointData(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
-    summary, extras = evaluate(model, data, args.split, batch_size=args.batch_size,
-                               max_len=cfg.max_text_len, beam=args.beam, seed=args.seed,
-                               n_examples=args.examples)
+    try:
+        model, cfg, info = load_run(args.run, device,
+                                    **({"checkpoint": args.checkpoint} if args.checkpoint else {}))
+        data = KeypointData(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
+        summary, extras = evaluate(model, data, args.split, batch_size=args.batch_size,
+                                   max_len=cfg.max_text_len, beam=args.beam, seed=args.seed,
+                                   n_examples=args.examples)
+    except (CheckpointError, CacheError, EvaluationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     summary.update({"run": str(args.run), "cache": data.cache_dir, "seconds": round(time.time() - t0, 1),
                     "checkpoint": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
     out_dir = args.out or args.run / "eval" / args.split

@@ -161,7 +161,7 @@ def retrieval_ranks(video_emb, text_emb, labels, text_keys=None) -> dict:
 def recall_at(ranks: torch.Tensor, ks: Sequence[int] = RETRIEVAL_KS) -> dict[int, float]:
     """Share of queries whose first correct answer is within the top k."""
     ranks = torch.as_tensor(ranks)
-    return {k: float((ranks <= k).float().mean()) if ranks.numel() else float("nan") for k in ks}
+    return {k: float((ranks <= k).double().mean()) if ranks.numel() else float("nan") for k in ks}
 
 
 def embedding_metrics(video_emb, text_emb, labels, text_keys=None) -> dict:

@@ -96,9 +96,16 @@ def verdict(summary: dict) -> str:
     if problems:
         head = "**Collapsed.** " + " ".join(p[0].upper() + p[1:] + "." for p in problems)
     else:
-        head = ("**Not collapsed.** Embeddings separate the sentences "
-                f"(NegSim {summary.get('neg_sim', float('nan')):.3f}, gap "
-                f"{summary.get('gap', float('nan')):.3f}) and the decoder depends on the video.")
+        neg, gap, vd = summary.get("neg_sim"), summary.get("gap"), summary.get("visual_dependence_wer")
+        parts = []
+        if _num(neg):
+            parts.append(f"the embeddings separate the sentences (NegSim {neg:.3f}"
+                         + (f", gap {gap:.3f})" if _num(gap) else ")"))
+        if _num(vd):
+            parts.append("the decoder depends on the video")
+        text = " and ".join(parts)
+        head = "**Not collapsed.** " + (text[:1].upper() + text[1:] + "." if parts else
+                                         "(no collapse metric was available).")
     return head + (" In numbers: " + "; ".join(facts) + "." if facts else "")
 
 

@@ -54,12 +54,18 @@ def has_person(keypoints: np.ndarray) -> bool:
     return bool(np.isfinite(np.concatenate(parts, axis=1)).any())
 
 
+def model_input(keypoints: np.ndarray, cfg, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample's (1, T, F) features and (1, T) mask, made exactly as the evaluation batches
+    make them (same components, normalisation and subsampling to max_frames)."""
+    x = torch.from_numpy(normalise_keypoints(keypoints, cfg.components, cfg.max_frames))[None].to(device)
+    return x, torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+
+
 @torch.no_grad()
 def translate(keypoints: np.ndarray, model, cfg, vocab: Vocab, gallery: tuple[list[str], torch.Tensor],
               beam: int = 1, top: int = 5, device="cpu") -> Translation:
     """(T, 543, 3) keypoints -> the model's sentence and its `top` nearest training sentences."""
-    x = torch.from_numpy(normalise_keypoints(keypoints, cfg.components, None))[None].to(device)
-    mask = torch.ones(x.shape[:2], dtype=torch.bool, device=device)
+    x, mask = model_input(keypoints, cfg, device)
     model.eval()
     memory = model.encode(x, mask)
     ids = model.generate(memory, mask, max_len=cfg.max_text_len, beam_size=max(1, beam))
@@ -82,14 +88,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from preprocess.keypoint_sources import SourceError, load_keypoints
-    from preprocess.store import open_cache
+    from preprocess.store import CacheError, open_cache
 
-    from .checkpoint import load_run
+    from .checkpoint import CheckpointError, load_run
     from .evaluate import _vocab
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, cfg, info = load_run(args.run, device)
-    cache = open_cache(args.cache or info["cache"], text=cfg.text_store)
+    try:
+        model, cfg, info = load_run(args.run, device)
+        cache = open_cache(args.cache or info["cache"], text=cfg.text_store)
+    except (CheckpointError, CacheError) as e:
+        print(f"error: {e} (the training sentences and frame rate come from the run's cache; "
+              "pass --cache if it moved)", file=sys.stderr)
+        return 1
     settings = cache.meta.get("settings", {})
     try:  # the frame rate the model was trained at: the cache's setting
         keypoints, fps = load_keypoints(args.file, target_fps=settings.get("fps"),

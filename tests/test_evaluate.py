@@ -12,6 +12,7 @@ import math
 import jiwer
 import numpy as np
 import pytest
+import torch
 
 from preprocess.store import write_cache
 from preprocess.synthetic import generate_corpus
@@ -127,6 +128,24 @@ def test_translate_a_sample_matches_its_evaluation(evaluated, corpus, tmp_path, 
     tok = load_tokenizer("default")
     nearest = lines[i + 2].split(maxsplit=2)[2]
     assert tok.decode(tok(nearest, add_special_tokens=False)["input_ids"]) == example["retrieved"]
+
+
+def test_translate_feeds_the_model_what_evaluation_feeds_it(tiny_run, corpus):
+    """translate's input path (file -> keypoints -> features) equals the evaluation batch of the
+    same sample, for a clip longer than max_frames (so the subsampling is compared too)."""
+    from preprocess.keypoint_sources import load_keypoints
+    from s2t.checkpoint import load_run
+    from s2t.data import KeypointData
+
+    model, cfg, info = load_run(tiny_run)
+    data = KeypointData(info["cache"], cfg, vocab=info["vocab"])
+    row = int(np.argmax(np.where(data.split == "test", data.lengths, -1)))
+    assert data.lengths[row] > cfg.max_frames
+    keypoints, _ = load_keypoints(corpus / "keypoints" / f"{data.ids[row]}.npy")
+    x, mask = translate.model_input(keypoints, cfg)
+    batch = data.batch(np.array([row]))
+    assert x.shape == batch.x.shape and mask.all() and batch.mask.all()
+    torch.testing.assert_close(x, batch.x)
 
 
 def test_translate_a_real_video(tiny_run, person_video, corpus, capsys):

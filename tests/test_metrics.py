@@ -191,3 +191,18 @@ def test_a_decoder_that_reads_the_video_without_gain_is_not_called_blind():
     # outputs change with the video, but every one of them is equally wrong
     warnings = report.diagnose({"visual_dependence_wer": 0.0, "visual_dependence_changed": 0.9})
     assert warnings and "depends on the video" in warnings[0] and "ignores" not in warnings[0]
+
+
+def test_verdict_on_the_users_collapsed_model_and_on_a_healthy_one():
+    # the numbers of the diagnosed failure (DESIGN.md): PosSim 0.96, NegSim 0.906, Ret@1 5%, WER ~1
+    collapsed = {"pos_sim": 0.96, "neg_sim": 0.906, "gap": 0.054, "ret1_v2t": 0.05, "gallery_size": 300,
+                 "wer": 1.0, "train_copy_rate": 0.98, "visual_dependence_wer": 0.01,
+                 "visual_dependence_changed": 0.02}
+    text = report.verdict(collapsed)
+    assert text.startswith("**Collapsed.**")
+    for words in ("NegSim 0.906 > 0.8", "0.054 < 0.1", "ignores the video", "recites the training set"):
+        assert words in text, words
+    healthy = {"pos_sim": 0.7, "neg_sim": 0.1, "gap": 0.6, "ret1_v2t": 0.6, "gallery_size": 300,
+               "wer": 0.3, "train_copy_rate": 0.5, "visual_dependence_wer": 0.6}
+    assert report.diagnose(healthy) == []
+    assert report.verdict(healthy).startswith("**Not collapsed.**")
