@@ -63,7 +63,7 @@ def keypoint_fingerprint(rows, kp_settings: dict, versions: dict) -> str:
     files = []
     for r in rows:
         st = r.path.stat()
-        files.append([r.id, str(r.path), st.st_size, st.st_mtime_ns, getattr(r, "fps", None)])
+        files.append([r.id, str(r.path), st.st_size, st.st_mtime_ns, r.fps, r.start, r.end])
     return _hash({"format_version": store.FORMAT_VERSION, "files": files,
                   "settings": kp_settings, "versions": versions})
 
@@ -79,7 +79,7 @@ def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, 
     for r in rows:
         try:
             arr, fps = load_keypoints(r.path, target_fps=target_fps, start=r.start, end=r.end,
-                                      default_fps=getattr(r, "fps", None) or default_fps)
+                                      default_fps=r.fps or default_fps)
             if len(arr) == 0:
                 raise ValueError("no frames")
             samples.append({"id": r.id, "row": r.row, "fps": fps})

@@ -45,6 +45,7 @@ class ManifestRow:
     row: int = 0
     start: float | None = None  # seconds into the video (presets); None = from the beginning
     end: float | None = None  # seconds; None = to the end
+    fps: float | None = None  # frame rate of a keypoint file (.npy carries none); None = the configured default
 
 
 def normalise_text(s: str) -> str:
@@ -99,7 +100,7 @@ def read_manifest(path, preset: str | None = None, *, sep: str | None = None,
     if not header:
         raise ManifestError(path, problems or ["empty file: no header and no rows"])
 
-    optional = ("split", "signer", "label", "start", "end")
+    optional = ("split", "signer", "label", "start", "end", "fps")
     columns = PRESETS[preset].columns if preset else {f: f for f in (*REQUIRED, *optional)}
     required = [columns[f] for f in REQUIRED] + ([columns["start"], columns["end"]] if preset == "how2sign" else [])
     missing_cols = [c for c in required if c not in header]
@@ -152,10 +153,18 @@ def _parse_row(rec, line, columns, preset, root, split_from_name, problems) -> M
     start, end = _seconds(get("start"), line, "start", problems), _seconds(get("end"), line, "end", problems)
     if start is not None and end is not None and end <= start:
         problems.append(f"row {line}: end {end} is not after start {start}")
+    fps = None
+    if get("fps"):
+        try:
+            fps = float(get("fps"))
+        except ValueError:
+            fps = -1.0
+        if not fps > 0:
+            problems.append(f"row {line}: fps {get('fps')!r} is not a positive number")
     if len(problems) > before:
         return None
     return ManifestRow(id=id_, path=file, text=text, split=split, signer=get("signer"),
-                       label=get("label") or normalise_text(text), row=line, start=start, end=end)
+                       label=get("label") or normalise_text(text), row=line, start=start, end=end, fps=fps)
 
 
 def _resolve_path(raw: str, preset, root: Path, line: int, problems) -> Path | None:

@@ -584,15 +584,16 @@ def _drop_like_mediapipe(out: np.ndarray, signer: dict, rng: np.random.Generator
 # --------------------------------------------------------------------------------------------
 # Corpus: scales, splits by signer, files.
 # --------------------------------------------------------------------------------------------
-# Every signer signs every selected sentence (training signers `train_reps` times), so every
+# Every signer signs every selected sentence (training signers `train_reps` times, val/test signers
+# `eval_reps` times, so that PosSim has same-sentence pairs on the held-out signer), and every
 # val/test sentence is also in training, signed by other people.
 SCALES: dict[str, dict[str, int]] = {
     "tiny": {"sentences": 20, "max_words": 8, "signers": 6, "val_signers": 1, "test_signers": 1,
-             "train_reps": 1},    # 120 samples: tests
+             "train_reps": 1, "eval_reps": 2},    # 140 samples: tests
     "small": {"sentences": 80, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
-              "train_reps": 2},   # 1120 samples: the 5-minute CPU demo
+              "train_reps": 2, "eval_reps": 2},   # 1280 samples: the 5-minute CPU demo
     "full": {"sentences": 240, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
-             "train_reps": 2},    # 3360 samples: the 20-minute demo
+             "train_reps": 2, "eval_reps": 2},    # 3840 samples: the 20-minute demo
 }
 TASK_NOTE = ("Splits are by signer: val and test signers never appear in training. Every val/test "
              "sentence also occurs in training, signed by other signers: the task is to recognise "
@@ -610,7 +611,7 @@ def corpus_plan(scale: str = "small", seed: int = 0) -> dict:
         s["split"] = "train" if i < n_train else "val" if i < n_train + p["val_signers"] else "test"
     samples = [(f"{s['id']}_{j:03d}_{r}", j, i, r)
                for i, s in enumerate(signers) for j in range(len(sentences))
-               for r in range(p["train_reps"] if s["split"] == "train" else 1)]
+               for r in range(p["train_reps"] if s["split"] == "train" else p["eval_reps"])]
     return {"sentences": sentences, "signers": signers, "samples": samples,
             "lexicon": build_lexicon(grammar_vocabulary(), seed)}
 

@@ -47,6 +47,12 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _fp32(x: torch.Tensor):
+    """Autocast off for the enclosed block: matmuls under fp16/bf16 autocast would otherwise be
+    computed in 16 bits even on float32 inputs."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over rows of -sum_j targets_ij * log softmax(logits)_ij (targets rows sum to 1)."""
     return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -113,6 +119,10 @@ class SupConLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, features, labels, queue_features=None, queue_labels=None):
+        with _fp32(features):
+            return self._forward(features, labels, queue_features, queue_labels)
+
+    def _forward(self, features, labels, queue_features, queue_labels):
         anchors = features.float()
         n = anchors.shape[0]
         contrast = gather_with_grad(anchors)
@@ -147,6 +157,10 @@ class ClipLoss(nn.Module):
 
     def forward(self, video, text, logit_scale, labels,
                 queue_video=None, queue_text=None, queue_labels=None):
+        with _fp32(video):
+            return self._forward(video, text, logit_scale, labels, queue_video, queue_text, queue_labels)
+
+    def _forward(self, video, text, logit_scale, labels, queue_video, queue_text, queue_labels):
         video, text = video.float(), text.float()
         all_video, all_text = gather_with_grad(video), gather_with_grad(text)
         all_labels = gather_no_grad(labels)
@@ -170,5 +184,6 @@ class CaptionLoss(nn.Module):
         self.pad_id, self.label_smoothing = pad_id, label_smoothing
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                               ignore_index=self.pad_id, label_smoothing=self.label_smoothing)
+        with _fp32(logits):
+            return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   ignore_index=self.pad_id, label_smoothing=self.label_smoothing)

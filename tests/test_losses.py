@@ -121,16 +121,22 @@ def test_clip_with_queue_matches_reference():
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_contrastive_logits_are_fp32_under_autocast():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_contrastive_logits_are_fp32_under_autocast(dtype):
+    """float32 embeddings under 16-bit autocast: the losses must equal the fp32 ones (a 16-bit
+    matmul of logits / 0.05 would be off by ~1e-2, and exp(logit) overflows fp16)."""
     z = unit(8, 16, seed=12).float()
+    t = unit(8, 16, seed=13).float()
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    plain = SupConLoss(0.05)(z, labels)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        under = SupConLoss(0.05)(z.bfloat16(), labels)
-        clip_under = ClipLoss()(z.bfloat16(), z.bfloat16(), torch.tensor(100.0), labels)
-    assert under.dtype == torch.float32 and clip_under.dtype == torch.float32
-    # only the bf16 rounding of the inputs remains, not bf16 logits (which would be off by ~1)
-    assert under.item() == pytest.approx(plain.item(), abs=0.05)
+    sup, clip = SupConLoss(0.05)(z, labels), ClipLoss()(z, t, torch.tensor(100.0), labels)
+    with torch.autocast("cpu", dtype=dtype):
+        sup16 = SupConLoss(0.05)(z, labels)
+        clip16 = ClipLoss()(z, t, torch.tensor(100.0), labels)
+        sup_half_inputs = SupConLoss(0.05)(z.to(dtype), labels)  # 16-bit inputs still work
+    assert sup16.dtype == clip16.dtype == torch.float32
+    assert sup16.item() == pytest.approx(sup.item(), rel=1e-6)
+    assert clip16.item() == pytest.approx(clip.item(), rel=1e-6)
+    assert torch.isfinite(sup_half_inputs)
 
 
 def test_caption_loss_matches_reference_with_smoothing_and_padding():

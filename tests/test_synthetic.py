@@ -34,7 +34,10 @@ def test_same_seed_same_bytes_other_seed_differs(corpora):
     assert (a / "manifest.csv").read_bytes() == (b / "manifest.csv").read_bytes()
     assert (a / "corpus.json").read_bytes() == (b / "corpus.json").read_bytes()
     files = sorted(p.name for p in (a / "keypoints").glob("*.npy"))
-    assert len(files) == synthetic.SCALES["tiny"]["sentences"] * 6
+    tiny = synthetic.SCALES["tiny"]
+    n_train_signers = tiny["signers"] - tiny["val_signers"] - tiny["test_signers"]
+    per_sentence = n_train_signers * tiny["train_reps"] + (tiny["val_signers"] + tiny["test_signers"]) * tiny["eval_reps"]
+    assert len(files) == tiny["sentences"] * per_sentence
     assert all((a / "keypoints" / f).read_bytes() == (b / "keypoints" / f).read_bytes() for f in files)
     _, arrays_a = _read(a)
     _, arrays_c = _read(c)
@@ -152,3 +155,9 @@ def test_render_writes_an_animated_gif(corpora, tmp_path):
     data = out.read_bytes()
     assert data[:6] == b"GIF89a" and data.count(b"\x21\xf9\x04") > 3  # several frames
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_held_out_signer_repeats_sentences_so_possim_is_defined(corpora):
+    rows, _ = _read(corpora["a"])
+    test = [r["text"] for r in rows if r["split"] == "test"]
+    assert len(test) == len(set(test)) * synthetic.SCALES["tiny"]["eval_reps"]
