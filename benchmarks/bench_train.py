@@ -37,15 +37,18 @@ CONFIGS = {"tiny_cpu": ROOT / "configs/train/tiny_cpu.yaml", "recommended": ROOT
 BATCHES = (32, 128, 256)
 
 
-def clip_lengths(n: int, seed: int = 0) -> np.ndarray:
-    """Sentence clips: lognormal around ~4 s at 25 fps, 1-16 s."""
+def corpus_lengths(n: int, n_sentences: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(sentence label, frames) of n clips: each sentence has a typical duration (lognormal around
+    ~4 s at 25 fps) and each signing of it varies around that by ~15% (signer speed)."""
     rng = np.random.default_rng(seed)
-    return np.clip(rng.lognormal(np.log(100), 0.5, n), 25, 400).astype(np.int64)
+    base = np.clip(rng.lognormal(np.log(100), 0.5, n_sentences), 25, 400)
+    labels = np.arange(n) % n_sentences
+    return labels, np.maximum(8, base[labels] * rng.lognormal(0, 0.15, n)).astype(np.int64)
 
 
 def make_cache(out: Path, n: int, n_sentences: int, vocab_ids: int = 3000) -> Path:
     rng = np.random.default_rng(0)
-    lengths = clip_lengths(n)
+    sentence_of, lengths = corpus_lengths(n, n_sentences)
     rows, kps = [], []
     for i, T in enumerate(lengths):
         kp = np.full((T, 543, 3), np.nan, np.float32)
@@ -56,7 +59,7 @@ def make_cache(out: Path, n: int, n_sentences: int, vocab_ids: int = 3000) -> Pa
         kp[:, POSE_INDEX["left_shoulder"], :2] = [0.6, 0.5]
         kp[:, POSE_INDEX["right_shoulder"], :2] = [0.4, 0.5]
         kps.append(kp)
-        sentence = i % n_sentences
+        sentence = sentence_of[i]
         rows.append({"id": f"b{i}", "text": f"sentence {sentence}", "split": "train", "signer": "a",
                      "label": f"sentence {sentence}", "fps": 25.0})
     L = 24
@@ -71,8 +74,9 @@ def make_cache(out: Path, n: int, n_sentences: int, vocab_ids: int = 3000) -> Pa
     return write_cache(out, rows, kps, text)
 
 
-def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.device) -> dict:
-    """Full training steps (batch assembly + forward + backward + AdamW) at a given batch size."""
+def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.device, warmup: int = 1) -> dict:
+    """Full training steps (batch assembly + forward + backward + AdamW) at a given batch size;
+    the first `warmup` steps (allocations, kernel selection) are not timed."""
     cfg = load_config(CONFIGS[name], [f"batch_size={batch}", "device=" + device.type])
     data = KeypointData(cache, cfg, device)
     info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
@@ -87,7 +91,7 @@ def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.dev
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t_data = t_total = 0.0
     frames = padded = 0
-    for step in range(steps + 1):  # step 0 warms up (allocations, kernels) and is not timed
+    for step in range(warmup + steps):
         sync()
         t0 = time.perf_counter()
         b = data.batch(rows[next(sampler)], *gens)
@@ -102,12 +106,12 @@ def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.dev
         opt.zero_grad(set_to_none=True)
         losses.push(out, b)
         sync()
-        if step:
+        if step >= warmup:
             t_data += t1 - t0
             t_total += time.perf_counter() - t0
             frames += int(b.mask.sum())
             padded += b.mask.numel()
-    res = {"batch": batch, "steps_timed": steps, "samples_per_s": batch * steps / t_total,
+    res = {"batch": batch, "steps_timed": steps, "warmup_steps": warmup, "samples_per_s": batch * steps / t_total,
            "step_s": t_total / steps, "batch_assembly_share": t_data / t_total,
            "batch_assembly_ms": 1000 * t_data / steps, "padding_efficiency": frames / padded,
            "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -117,24 +121,26 @@ def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.dev
     return res
 
 
-def padding(lengths: np.ndarray, max_frames: int, batch: int, k: int, batches: int = 200) -> dict:
-    """Real frames / padded frames of the bucketed P x K sampler vs the same without bucketing."""
-    labels = np.arange(len(lengths)) // k  # groups of k similar-length clips, like repeated sentences
+def padding(n_clips: int, n_sentences: int, max_frames: int, batch: int, k: int, batches: int = 200) -> dict:
+    """Real frames / padded frames per batch: the bucketed P x K sampler vs the same sampler
+    without bucketing vs plain random batches (K = 1, no bucketing)."""
+    labels, lengths = corpus_lengths(n_clips, n_sentences, seed=1)
     capped = np.minimum(lengths, max_frames)
 
-    def eff(window):
-        s = PKBatchSampler(labels, capped, batch, k, bucket_batches=window, seed=0)
+    def eff(k_, window):
+        s = PKBatchSampler(labels, capped, batch, k_, bucket_batches=window, seed=0)
         b = np.array([next(s) for _ in range(batches)])
         return float(capped[b].sum() / (capped[b].max(1) * batch).sum())
-    return {"bucketed": eff(50), "random": eff(1), "batch": batch, "samples_per_label": k,
-            "max_frames": max_frames, "n_clips": len(lengths)}
+    return {"bucketed_pxk": eff(k, 50), "pxk_no_bucketing": eff(k, 1), "random": eff(1, 1),
+            "batch": batch, "samples_per_label": k, "max_frames": max_frames, "n_clips": n_clips,
+            "n_sentences": n_sentences}
 
 
 def gpu_memory(cache: Path, batch: int = 128) -> dict:
     """recommended.yaml at `batch` with fp16: measured on CUDA, else estimated (see module doc)."""
     cfg = load_config(CONFIGS["recommended"], [f"batch_size={batch}"])
     if torch.cuda.is_available():
-        r = throughput(cache, "recommended", batch, 2, torch.device("cuda"))
+        r = throughput(cache, "recommended", batch, 2, torch.device("cuda"), warmup=1)
         return {"kind": "measured", "device": torch.cuda.get_device_name(), "peak_GB": r["peak_gpu_mem_GB"]}
     data = KeypointData(cache, cfg, "cpu")
     info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
@@ -188,19 +194,25 @@ def main(argv=None) -> int:
         result["throughput"] = {}
         for name in CONFIGS:
             steps = args.steps if name == "tiny_cpu" else args.rec_steps
+            # recommended on a CPU: minutes per step, so its one timed step is also its first
+            warmup = 0 if name == "recommended" and device.type == "cpu" else 1
             result["throughput"][name] = []
             for batch in BATCHES:
-                r = throughput(cache, name, batch, steps, device)
+                r = throughput(cache, name, batch, steps, device, warmup)
                 print(f"{name:12s} batch {batch:3d}: {r['samples_per_s']:8.1f} samples/s, step {r['step_s']:.2f}s, "
                       f"batch assembly {100 * r['batch_assembly_share']:.1f}% ({r['batch_assembly_ms']:.1f} ms)",
                       flush=True)
                 result["throughput"][name].append(r)
-        lengths = clip_lengths(20000, seed=1)
-        result["padding"] = {name: padding(lengths, load_config(path).max_frames, 128, 4)
-                             for name, path in CONFIGS.items()}
-        result["padding"]["uncapped"] = padding(lengths, 10**6, 128, 4)
-        for name, r in result["padding"].items():
-            print(f"padding efficiency ({name}): bucketed {r['bucketed']:.3f}, random {r['random']:.3f}")
+        # 11k clips like the user's corpus; many repeats per sentence (20/sentence) or few (5)
+        result["padding"] = {}
+        for name, path in CONFIGS.items():
+            c = load_config(path)
+            for n_sent in (550, 2200):
+                r = padding(11000, n_sent, c.max_frames, 128, c.samples_per_label)
+                result["padding"][f"{name}_{11000 // n_sent}_per_sentence"] = r
+                print(f"padding efficiency {name} (max_frames {c.max_frames}, K {c.samples_per_label}, "
+                      f"{11000 // n_sent} clips/sentence): bucketed P x K {r['bucketed_pxk']:.3f}, "
+                      f"P x K unbucketed {r['pxk_no_bucketing']:.3f}, random {r['random']:.3f}")
         result["gpu_memory_recommended_b128_fp16"] = gpu_memory(cache)
         print("GPU memory, recommended b128 fp16:", json.dumps(result["gpu_memory_recommended_b128_fp16"], indent=1))
     result["machine"]["load_avg_at_end"] = os.getloadavg()

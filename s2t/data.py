@@ -416,12 +416,16 @@ class KeypointData:
 # ------------------------------------------------------------------------------------------
 # The sampler
 
+_UNIT_JITTER = 0.1  # +-10% noise on lengths when grouping a label's clips into units of K
+
+
 class PKBatchSampler:
     """Endless training batches of P labels x K samples, bucketed by length.
 
     One epoch: each label's samples are shuffled and cut into units of K (a short last unit is
     filled by redrawing from its own label, so a label with fewer than K samples contributes
-    augmented copies: SimCLR-style positives). Units are shuffled, sorted by length inside windows
+    augmented copies: SimCLR-style positives); inside a label, clips of similar length (with
+    random jitter) share a unit. Units are shuffled, sorted by length inside windows
     of `bucket_batches` batches (similar lengths -> little padding), cut into batches of P units,
     and the batches shuffled. Everything comes from one numpy Generator; the state saved is the
     generator state at the start of the epoch plus the position in it, so resume is exact.
@@ -455,6 +459,9 @@ class PKBatchSampler:
             perm = rng.permutation(g)
             if len(perm) % k:
                 perm = np.concatenate([perm, rng.choice(g, k - len(perm) % k)])
+            # K clips of similar length per unit (little padding), jittered so units change each epoch
+            jitter = rng.uniform(1 - _UNIT_JITTER, 1 + _UNIT_JITTER, len(perm))
+            perm = perm[np.argsort(self.lengths[perm] * jitter, kind="stable")]
             units.append(perm.reshape(-1, k))
         units = np.concatenate(units)[rng.permutation(sum(len(u) for u in units))]
         unit_len = self.lengths[units].mean(1)

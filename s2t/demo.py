@@ -49,6 +49,9 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     summary = run / "eval" / "test" / "summary.json"
     config = [ROOT / "configs" / "train" / f"{preset}.yaml", CPU_SCALE]
     cfg = load_config(config, overrides)
+    if demo.get("batch_cap") and cfg.batch_size > demo["batch_cap"]:  # tiny corpus: fewer samples than a batch
+        overrides = overrides + [f"batch_size={demo['batch_cap']}"]
+        cfg = load_config(config, overrides)
     per_step = cfg.batch_size * cfg.accumulation_steps
     steps = {"max_steps": math.ceil(demo["train_samples"] / per_step),
              "warmup_steps": math.ceil(demo["warmup_samples"] / per_step),

@@ -272,11 +272,13 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     metrics_file = open(metrics_path, "a") if main_proc else None
 
     def record(entry: dict) -> None:
+        # strict JSON: a NaN/inf value (a skipped step, PosSim without pairs) is written as null
+        entry = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
         metrics_file.write(json.dumps(entry) + "\n")
         metrics_file.flush()
         if writer is not None:
             for k, v in entry.items():
-                if isinstance(v, (int, float)) and k != "step":
+                if isinstance(v, (int, float)) and k != "step":  # (None is neither)
                     writer.add_scalar(f"{entry.get('split', 'train')}/{k}", v, entry["step"])
 
     def checkpoint() -> None:
