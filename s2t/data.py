@@ -14,6 +14,7 @@ same functions that `translate` applies to one new sample, so training and infer
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -155,6 +156,12 @@ def words_of(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+    from preprocess.text import load_tokenizer
+    return load_tokenizer(name)
+
+
 @dataclass
 class Vocab:
     kind: str                # "wordpiece" (ids of `tokenizer`) or "word" (ids index `words`)
@@ -179,8 +186,7 @@ class Vocab:
         """Real token ids (as `SignTranslator.generate` returns them) -> strings."""
         if self.kind == "word":
             return [" ".join(self.words[i] for i in seq) for seq in sequences]
-        from preprocess.text import load_tokenizer
-        return load_tokenizer(self.tokenizer).batch_decode(sequences, skip_special_tokens=True)
+        return _tokenizer(self.tokenizer).batch_decode(sequences, skip_special_tokens=True)
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "token_ids": self.token_ids.tolist(), "pad": self.pad, "bos": self.bos,

@@ -7,6 +7,8 @@ augmentation and dropout RNG, memory queues), so a resumed run repeats the unint
 
 Multi-GPU: launch with `torchrun --nproc_per_node N -m s2t train ...`; every rank draws its own
 share of each epoch's batches and the contrastive losses score local against gathered features.
+Resume is exact for a single process; with several ranks it continues from the same state but
+reseeds each rank's augmentation/dropout streams (the checkpoint holds rank 0's).
 """
 from __future__ import annotations
 
@@ -263,6 +265,10 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         meta = restore_state(run_dir / LAST, raw_model, opt, scaler, sampler, gens, losses)
         step = meta["step"]
         counters = {k: meta.get(k, v) for k, v in counters.items()}
+        if world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own stream again
+            torch.manual_seed(cfg.seed + 7919 * step + rank)
+            for i, g in enumerate(gens.values()):
+                g.manual_seed(cfg.seed * 1000 + 7919 * step + 2 * rank + i)
         if main_proc:
             truncate_metrics(metrics_path, step)
             log.info("resumed %s at step %d", run_dir / LAST, step)

@@ -293,3 +293,41 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkey
     monkeypatch.setattr(NaNOnSomeSteps, "forward", lambda self, *a, **k: torch.tensor(float("nan")))
     with pytest.raises(TrainingError, match="NaN/inf loss"):
         train(tiny_cfg("max_steps=8", "max_bad_steps=2", "eval_every=100"), corpus, tmp_path / "run2")
+
+
+def test_vocabularies_compact_full_and_word(corpus):
+    from s2t.data import build_vocab, encode_texts
+
+    cache = open_cache(corpus)
+    tx, texts = cache.text(), np.asarray(cache.samples["text"]).astype(str)
+    train_rows = np.flatnonzero(np.asarray(cache.samples["split"]) == "train")[:16]  # sentences 0 and 1 only
+    cfg = tiny_cfg()
+    compact = build_vocab(cfg, tx, texts, train_rows)
+    seen = set(np.unique(tx.input_ids[train_rows]).tolist())
+    assert set(compact.token_ids.tolist()) == seen | {0, 100, 101, 102}
+    ids = encode_texts(compact, tx, texts, cfg.max_text_len)
+    real = compact.token_ids[ids]
+    np.testing.assert_array_equal(real[train_rows], tx.input_ids[train_rows])  # round trip
+    other = np.flatnonzero(texts == SENTENCES[3])[0]  # words never seen in training -> [UNK]
+    assert (ids[other] == compact.unk).sum() > 0 and ids[other][0] == compact.bos
+    assert compact.decode([real[train_rows[0]][1:tx.lengths[train_rows[0]] - 1].tolist()]) == [SENTENCES[0]]
+    full = build_vocab(tiny_cfg("compact_vocab=false"), tx, texts, train_rows)
+    assert full.size == 30522 and (full.token_ids[encode_texts(full, tx, texts, 40)] == tx.input_ids).all()
+    words = build_vocab(tiny_cfg("tokenizer=word"), tx, texts, train_rows)
+    wid = encode_texts(words, tx, texts, 40)
+    assert words.decode([wid[train_rows[0]][1:8].tolist()]) == [SENTENCES[0]]
+
+
+def test_seed_setup_trains_with_a_word_vocabulary_and_one_shared_head(corpus, tmp_path):
+    cfg = load_config(["configs/train/seed_baseline.yaml", "configs/train/cpu_scale.yaml"],
+                      ["embed_dim=32", "proj_dim=32", "heads=2", "max_steps=3", "eval_every=3", "log_every=1"])
+    val = train(cfg, corpus, tmp_path / "seed")
+    steps, _ = losses_by_step(tmp_path / "seed")
+    assert "clip" not in steps[3] and {"supcon", "ce"} <= set(steps[3])
+    model, _, info = load_run(tmp_path / "seed")
+    assert list(model.heads) == ["shared"] and info["vocab"].kind == "word"
+    assert val["head"] == "supcon" and np.isfinite(val["neg_sim"])
+    batch = next(KeypointData(corpus, cfg, vocab=info["vocab"]).iterate("val", 4))
+    with torch.no_grad():
+        out = info["vocab"].decode(model.generate(model.encode(batch.x, batch.mask), batch.mask, max_len=5))
+    assert all(set(s.split()) <= set(info["vocab"].words) for s in out)
