@@ -6,6 +6,7 @@ CACHE     ?= cache
 CONFIG    ?= configs/train/recommended.yaml
 RUN       ?= runs/exp1
 SPLIT     ?= test
+BEAM      ?= 4
 JOBS      ?=
 FORMAT    ?= zarr
 RESUME    ?=
@@ -39,7 +40,7 @@ train: setup
 	$(PY) -m s2t train --cache $(CACHE) --config $(CONFIG) --run $(RUN) $(if $(RESUME),--resume)
 
 eval: setup
-	$(PY) -m s2t eval --run $(RUN) --split $(SPLIT)
+	$(PY) -m s2t eval --run $(RUN) --split $(SPLIT) --beam $(BEAM)
 
 demo: setup
 	$(PY) -m s2t.demo --scale $(DEMO_SCALE)

@@ -8,12 +8,14 @@ own fingerprint, so changing the text model never re-extracts a video.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -70,8 +72,35 @@ def keypoint_fingerprint(rows, kp_settings: dict, versions: dict) -> str:
 
 # ----------------------------------------------------------------------------- keypoint shards
 
+@contextmanager
+def shard_lock(cache_dir: Path, index: int, blocking: bool = True):
+    """Exclusive lock on one shard. Workers of a killed run can outlive their parent (loky keeps
+    running queued tasks), so a new run must never write, or clean up, a shard they still hold."""
+    path = Path(cache_dir) / "keypoints" / f"shard-{index:05d}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, default_fps: float) -> dict:
     """Worker: extract the rows of one shard and seal it. Bad inputs become failures, never crashes."""
+    with shard_lock(Path(cache_dir), index):
+        marker = store.read_shard_marker(Path(cache_dir), index)
+        if marker is not None:  # sealed meanwhile by a worker of an earlier, killed run
+            return {"shard": index, "n": len(rows), "failures": len(marker["failures"]), "t_extract": 0.0,
+                    "t_write": 0.0, "frames": sum(s["n_frames"] for s in marker["samples"])}
+        return _extract_shard(cache_dir, index, fmt, rows, target_fps, default_fps)
+
+
+def _extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, default_fps: float) -> dict:
     from .keypoint_sources import load_keypoints  # imported in the worker: mediapipe loads lazily there
 
     samples, keypoints, failures = [], [], []
@@ -96,13 +125,18 @@ def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, 
 
 
 def _clean_unfinished(cache_dir: Path) -> None:
-    """Remove what a killed run left half-written: temp files and shards without a marker."""
+    """Remove what a killed run left half-written (temp files, shard data without a marker),
+    except where a surviving worker of that run still holds the shard's lock."""
     kp = cache_dir / "keypoints"
-    for p in list(kp.glob("*.tmp-*")) + list(cache_dir.glob("*.tmp*")):
+    for p in cache_dir.glob("*.tmp*"):
         store._remove(p)
-    for p in kp.glob("shard-*.*"):
-        if p.suffix != ".json" and not (kp / (p.name.split(".")[0] + ".json")).exists():
-            store._remove(p)
+    for p in kp.glob("shard-*"):
+        if p.suffix in (".json", ".lock") and ".tmp-" not in p.name:
+            continue
+        index = int(p.name[len("shard-"):].split(".")[0])
+        with shard_lock(cache_dir, index, blocking=False) as mine:
+            if mine and (".tmp-" in p.name or store.read_shard_marker(cache_dir, index) is None):
+                store._remove(p)
 
 
 def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions: dict, jobs: int,
@@ -144,7 +178,9 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
     """Tokenize and embed the sentences of the cached samples; reuse a store with the same fingerprint."""
     from .text import SentenceEncoder, load_tokenizer, tokenize, tokenizer_id, vocab_hash, weights_hash
 
-    index = json.loads((cache_dir / store.KEYPOINT_INDEX).read_text())
+    index = store.read_json_checked(cache_dir / store.KEYPOINT_INDEX, "the keypoint index")
+    for stale in cache_dir.glob("text-*.tmp-*"):  # left by a killed text stage
+        store._remove(stale)
     by_id = {r.id: r for r in rows}
     cached = [by_id[s["id"]] for s in index["samples"]]
     annotations = {"id": [r.id for r in cached], "text": [r.text for r in cached],
@@ -157,6 +193,7 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
                          "weights": weights_hash(tx["text_model"])})
     path = store.text_store_dir(cache_dir, fingerprint)
     if (path / store.TEXT_INDEX).exists():
+        os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
         return path, True
     input_ids, lengths = tokenize(tokenizer, annotations["text"], tx["max_length"])
     # the corpus repeats sentences many times: embed each distinct sentence once

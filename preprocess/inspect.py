@@ -23,7 +23,7 @@ def describe(cache: Cache, verify: bool = False) -> dict:
     present = cache.load_keypoints(components=COMPONENTS if verify else ()).present
     text_stores = []
     for name in cache.text_names:
-        index = json.loads((cache.path / name / "text.json").read_text())
+        index = cache._text_index(name)
         text_stores.append({"name": name, "fingerprint": index["fingerprint"], "tokenizer": index["tokenizer"],
                             "text_model": index["text_model"], "max_length": index.get("max_length"),
                             "n_distinct_texts": index.get("n_distinct_texts")})

@@ -22,9 +22,11 @@ checked (by size) when a cache is opened and (by content) when an array is read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,13 +64,33 @@ def _file_checksums(root: Path, base: Path) -> dict[str, list[int]]:
     return {str(p.relative_to(base)): [p.stat().st_size, crc32_file(p)] for p in files}
 
 
+def _body_checksum(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    """Write JSON under a temporary name, fsync, rename. Dicts get a sha256 of their body
+    (`checksum`), so a damaged index or marker is refused instead of silently trusted."""
+    if isinstance(obj, dict):
+        obj = {**obj, "checksum": _body_checksum(obj)}
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json_checked(path: Path, what: str) -> dict:
+    """A JSON file written by write_json_atomic, with its checksum verified."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: {what} is damaged (not valid JSON: {e})") from e
+    stored = obj.pop("checksum", None)
+    if stored != _body_checksum(obj):
+        raise CacheError(f"{path}: {what} is damaged (checksum mismatch)")
+    return obj
 
 
 def _remove(path: Path) -> None:
@@ -125,7 +147,10 @@ def _array_files(shard_path: Path, fmt: str, name: str, base: Path, checksums: d
     if fmt == "hdf5":
         return [str(shard_path.relative_to(base))]
     prefix = str((shard_path / name).relative_to(base)) + os.sep
-    return [p for p in checksums if p.startswith(prefix)]
+    files = [p for p in checksums if p.startswith(prefix)]
+    if not files:
+        raise CacheError(f"{base}: shard {shard_path.name} is damaged: array {name!r} has no files")
+    return files
 
 
 # ----------------------------------------------------------------------------- keypoint shards
@@ -145,9 +170,10 @@ def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[di
     cache_dir = Path(cache_dir)
     (cache_dir / "keypoints").mkdir(parents=True, exist_ok=True)
     final = cache_dir / "keypoints" / shard_name(index, fmt)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
-    _remove(tmp)
-    _remove(final)  # a shard without marker is an unfinished earlier attempt
+    if shard_marker(cache_dir, index).exists():
+        raise CacheError(f"{final}: shard {index} is already sealed; refusing to overwrite it")
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    _remove(final)  # data without a marker is an unfinished earlier attempt (callers hold the shard lock)
 
     lengths = np.array([len(k) for k in keypoints], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -179,10 +205,7 @@ def read_shard_marker(cache_dir: Path, index: int) -> dict | None:
     path = shard_marker(cache_dir, index)
     if not path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:  # cannot happen with atomic writes unless the disk lied
-        raise CacheError(f"{path}: unreadable shard marker ({e}); delete it to redo the shard") from e
+    return read_json_checked(path, f"marker of shard {index} (delete it to redo the shard)")
 
 
 def seal_keypoints(cache_dir: Path, n_shards: int, meta: dict) -> dict:
@@ -220,7 +243,7 @@ def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: d
     """Write a sealed text store aligned with the keypoint samples (row i = sample i).
     annotations: per-sample columns id, text, split, signer, label."""
     final = text_store_dir(cache_dir, fingerprint)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}")
+    tmp = final.with_name(final.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     _remove(tmp)
     tmp.mkdir(parents=True)
     data = tmp / ("text.zarr" if fmt == "zarr" else "text.h5")
@@ -264,7 +287,7 @@ class Cache:
         if not index_path.exists():
             raise CacheError(f"{self.path}: not a sealed cache (no {KEYPOINT_INDEX}); "
                              "run `make features` to build or finish it")
-        self.meta = json.loads(index_path.read_text())
+        self.meta = read_json_checked(index_path, "the keypoint index")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise CacheError(f"{self.path}: cache format {self.meta.get('format_version')} "
                              f"but this sign2text reads format {FORMAT_VERSION}; rebuild it")
@@ -322,7 +345,7 @@ class Cache:
         return table
 
     def _text_index(self, name: str) -> dict:
-        return json.loads((self.path / name / TEXT_INDEX).read_text())
+        return read_json_checked(self.path / name / TEXT_INDEX, f"text store {name}")
 
     def text(self, name: str | None = None) -> TextArrays:
         name = self._text_name if name is None else (name if name.startswith("text-") else f"text-{name[:12]}")

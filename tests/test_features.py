@@ -125,9 +125,11 @@ def test_sigkill_then_resume_completes_without_loss_duplicates_or_redone_shards(
     manifest, arrays = write_npy_corpus(tmp_path / "data", 40, frames=120)
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "preprocess", "features", "--manifest", str(manifest), "--out", str(out),
-           "--shard-size", "1", "--jobs", "1", "--quiet"]
-    for kill_after in (1, 8):  # two kills at different points, then a run to the end
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--shard-size", "1", "--quiet", "--jobs"]
+    # two kills at different points, then a run to the end; with 2 jobs only the parent dies and its
+    # worker processes live on while the next run starts (what a killed joblib run really leaves)
+    for kill_after, jobs in ((1, "1"), (8, "2")):
+        proc = subprocess.Popen(cmd + [jobs], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while len(_markers(out)) < kill_after and proc.poll() is None:
             try:
                 proc.wait(timeout=0.01)
@@ -138,7 +140,7 @@ def test_sigkill_then_resume_completes_without_loss_duplicates_or_redone_shards(
         assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     sealed_before = _markers(out)
     assert 0 < len(sealed_before) < 40
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(cmd + ["2"], cwd=ROOT, check=True, capture_output=True)
     after = _markers(out)
     assert all(after[name] == stamp for name, stamp in sealed_before.items())  # nothing redone
     cache = open_cache(next(p for p in out.iterdir() if (p / "keypoints.json").exists()))

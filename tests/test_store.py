@@ -91,3 +91,14 @@ def test_unsealed_folder_is_refused(tmp_path):
     (path / "keypoints.json").unlink()
     with pytest.raises(CacheError, match="not a sealed cache"):
         open_cache(path)
+
+
+@pytest.mark.parametrize("victim", ["keypoints.json", "text"])
+def test_damaged_index_or_annotations_are_refused(tmp_path, victim):
+    rows, keypoints, text = _corpus(n=6)
+    path = write_cache(tmp_path / "z", rows, keypoints, text)
+    target = path / "keypoints.json" if victim == "keypoints.json" else next(path.glob("text-*")) / "text.json"
+    old, new = ('"s003"', '"s009"') if victim == "keypoints.json" else ("sentence 3", "sentence 4")
+    target.write_text(target.read_text().replace(old, new, 1))  # still valid JSON, wrong content
+    with pytest.raises(CacheError, match="checksum"):
+        open_cache(path)
