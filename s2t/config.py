@@ -72,12 +72,14 @@ class TrainConfig:
     clip_logit_scale_max: float = math.log(100)        # CLIP's clamp
     label_smoothing: float = 0.1
     queue_size: int = 0              # MoCo-style queue of past embeddings (0 = off)
+    queue_start: int = 0             # step from which the queue is filled and used (encoder settled)
 
     # --- optimisation ------------------------------------------------------------------------
     batch_size: int = 128            # per micro-batch (effective batch = batch_size * accumulation_steps)
     accumulation_steps: int = 1
     lr: float = 3e-4
     weight_decay: float = 1e-4
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # CLIP's beta2 (steadier at large batch)
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio at max_steps
     max_steps: int = 20000           # optimizer steps
@@ -115,6 +117,8 @@ class TrainConfig:
                      "ckpt_every", "max_text_len", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         w = self.loss_weights

@@ -410,6 +410,19 @@ class KeypointData:
         keep[:, 0] = True
         return mask & keep
 
+    @torch.no_grad()
+    def feature_stats(self, split: str = "train", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of every input feature over the real (unaugmented) frames of a split."""
+        total = torch.zeros(self.feature_dim, dtype=torch.float64, device=self.device)
+        total_sq, n = torch.zeros_like(total), 0
+        for b in self.iterate(split, batch_size):
+            x = b.x[b.mask].double()
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
+            n += len(x)
+        mean = total / max(n, 1)
+        return mean.float(), (total_sq / max(n, 1) - mean ** 2).clamp(min=0).sqrt().float()
+
     def iterate(self, split: str, batch_size: int):
         """Deterministic, non-augmented batches over a split (sorted by length, `index` says which
         rows). Every sample appears exactly once."""

@@ -55,6 +55,8 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     per_step = cfg.batch_size * cfg.accumulation_steps
     steps = {"max_steps": math.ceil(demo["train_samples"] / per_step),
              "warmup_steps": math.ceil(demo["warmup_samples"] / per_step),
+             # the queue only helps once embeddings move slowly (stale keys collapse early training)
+             "queue_start": math.ceil(demo["queue_start_samples"] / per_step),
              "eval_every": math.ceil(demo["eval_every_samples"] / per_step)}
     steps["ckpt_every"] = steps["eval_every"]
     wanted = overrides + [f"{k}={v}" for k, v in steps.items()]

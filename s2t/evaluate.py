@@ -29,17 +29,20 @@ class EvaluationError(RuntimeError):
 
 @dataclass
 class Outputs:
-    """Everything one pass over a split produces, in the split's row order (`index`)."""
+    """Everything one pass over a split produces, in the split's length-sorted row order (`index`).
+
+    `perm` pairs every sample with another one (positions in that order): sample i "sees" the
+    video of sample perm[i] in the visual-dependence comparison.
+    """
     index: list = field(default_factory=list)
+    perm: torch.Tensor | None = None
     clip: list = field(default_factory=list)
     supcon: list = field(default_factory=list)
-    clip_swapped: list = field(default_factory=list)
     text: list = field(default_factory=list)          # projected text embeddings (CLIP side)
     greedy: list = field(default_factory=list)        # token id lists
-    swapped: list = field(default_factory=list)
     beam: list = field(default_factory=list)
     ce: list = field(default_factory=list)            # (summed nats, tokens) per batch
-    ce_swapped: list = field(default_factory=list)
+    ce_swapped: list = field(default_factory=list)    # the same targets, decoded from perm's memory
 
     def cat(self, name):
         return torch.cat(getattr(self, name)) if getattr(self, name) else None
@@ -56,35 +59,48 @@ def teacher_forced_ce(model, memory, mask, tokens, pad: int) -> tuple[float, int
 @torch.no_grad()
 def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_len: int = 40,
               beam: int = 0, seed: int = 0) -> Outputs:
-    """The model over every sample of `split`, original and swapped encoder outputs.
+    """The model over every sample of `split`, plus what visual dependence needs.
 
-    The swap pairs samples inside each batch through `metrics.derangement` (a fixed permutation
-    that gives every sample another sample of a different label where the batch allows): batches
-    are length-sorted, so a swapped video also has about the same length as the original.
+    The swap is one `metrics.derangement` over the whole split (every sample is paired with a
+    sample of a different label wherever the split allows), fixed before the pass. Only the
+    teacher-forced CE has to be recomputed for it: sample i's own target tokens decoded from its
+    partner's encoder output, which the same batch step encodes from the partner rows. Everything
+    else that depends only on the memory is indexed afterwards (`swapped_outputs`).
     """
     model.eval()
     out = Outputs()
     pad = data.vocab.pad
     rows = data.rows(split)
     rows = rows[np.argsort(data.lengths[rows], kind="stable")]
-    # equal-sized length-sorted batches (not a remainder of 1, which would have no partner to swap with)
-    for chunk in np.array_split(rows, max(1, -(-len(rows) // batch_size))):
-        b = data.batch(chunk)
+    out.perm = metrics.derangement(data.label.cpu().numpy()[rows], seed=seed)
+    partners = rows[out.perm.numpy()]
+    for pos in np.array_split(np.arange(len(rows)), max(1, -(-len(rows) // batch_size))):
+        b = data.batch(rows[pos])
         memory = model.encode(b.x, b.mask)
-        perm = metrics.derangement(b.label.cpu(), seed=seed + len(out.index)).to(memory.device)
-        mem_s, mask_s = memory[perm], b.mask[perm]
         out.index.append(b.index.cpu())
         out.clip.append(model.video_embedding(memory, b.mask, head="clip").float().cpu())
         out.supcon.append(model.video_embedding(memory, b.mask, head="supcon").float().cpu())
-        out.clip_swapped.append(model.video_embedding(mem_s, mask_s, head="clip").float().cpu())
         out.text.append(model.text_embedding(b.text_emb).float().cpu())
         out.greedy += model.generate(memory, b.mask, max_len=max_len)
-        out.swapped += model.generate(mem_s, mask_s, max_len=max_len)
         if beam > 1:
             out.beam += model.generate(memory, b.mask, max_len=max_len, beam_size=beam)
         out.ce.append(teacher_forced_ce(model, memory, b.mask, b.tokens, pad))
-        out.ce_swapped.append(teacher_forced_ce(model, mem_s, mask_s, b.tokens, pad))
+        other = data.batch(partners[pos])  # the partners' videos, in the same order as b
+        mem_other = model.encode(other.x, other.mask)
+        out.ce_swapped.append(teacher_forced_ce(model, mem_other, other.mask, b.tokens, pad))
     return out
+
+
+def swapped_outputs(out: Outputs) -> tuple[list, torch.Tensor]:
+    """Greedy token ids and CLIP embeddings with every sample's memory replaced by its partner's.
+
+    No second decoding pass is needed: generation (greedy) and the CLIP head are deterministic
+    functions of one sample's memory and mask, so "sample i decoded from sample perm[i]'s memory"
+    is exactly what was already decoded for sample perm[i]: greedy[perm], clip[perm]. (The
+    references, labels and text embeddings stay those of sample i.)
+    """
+    perm = out.perm.tolist()
+    return [out.greedy[j] for j in perm], out.cat("clip")[out.perm]
 
 
 def reference_texts(vocab: Vocab, texts) -> list[str]:
@@ -144,16 +160,18 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
     gallery_text, gallery_emb = training_gallery(model, data)
 
     clip, text = out.cat("clip"), out.cat("text")
-    hyps, hyps_swapped = data.vocab.decode(out.greedy), data.vocab.decode(out.swapped)
+    greedy_swapped, clip_swapped = swapped_outputs(out)
+    hyps, hyps_swapped = data.vocab.decode(out.greedy), data.vocab.decode(greedy_swapped)
     summary: dict = {"split": split, "n_samples": len(index)}
     summary["clip"] = metrics.embedding_metrics(clip, text, labels, text_keys)
-    summary["supcon"] = metrics.embedding_metrics(out.cat("supcon"), text, labels, text_keys)
+    # the SupCon head is trained on videos only: it is not in the text's space, so no text metrics
+    summary["supcon"] = metrics.video_metrics(out.cat("supcon"), labels)
     summary["greedy"] = {**metrics.generation_metrics(hyps, refs, gallery_text), "ce": _ce(out.ce)}
     if beam > 1:
         summary["beam"] = metrics.generation_metrics(data.vocab.decode(out.beam), refs, gallery_text)
         summary["beam_size"] = beam
     summary["swapped"] = {
-        **metrics.embedding_metrics(out.cat("clip_swapped"), text, labels, text_keys),
+        **metrics.embedding_metrics(clip_swapped, text, labels, text_keys),
         **metrics.generation_metrics(hyps_swapped, refs, gallery_text),
         "ce": _ce(out.ce_swapped),
     }

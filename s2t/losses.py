@@ -27,20 +27,38 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for each slice (all_reduce) and hands
+    each rank its own slice: the gradient a big single-process batch would give."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rank, world = _world()
+        ctx.rank, ctx.n = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)  # all_reduce, not reduce_scatter: gloo (CPU) has only the former
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     """Concatenate `x` from all ranks (rank order), differentiably: gradients flow back to the
     rank that owns each slice. Every rank must pass the same shape (P x K batches are fixed-size).
-    """
-    if _world()[1] == 1:
+    Identity when not distributed or not `enabled` (e.g. validation on one rank)."""
+    if not enabled or _world()[1] == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(x.contiguous()))
+    return _AllGather.apply(x)
 
 
 @torch.no_grad()
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+def gather_no_grad(x: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     rank, world = _world()
-    if world == 1:
+    if not enabled or world == 1:
         return x
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
@@ -118,16 +136,18 @@ class SupConLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, features, labels, queue_features=None, queue_labels=None):
+    def forward(self, features, labels, queue_features=None, queue_labels=None, gather: bool = True):
+        """gather=False: score against this rank's batch only (validation on one rank)."""
         with _fp32(features):
-            return self._forward(features, labels, queue_features, queue_labels)
+            return self._forward(features, labels, queue_features, queue_labels, gather)
 
-    def _forward(self, features, labels, queue_features, queue_labels):
+    def _forward(self, features, labels, queue_features, queue_labels, gather):
         anchors = features.float()
         n = anchors.shape[0]
-        contrast = gather_with_grad(anchors)
-        contrast_labels = gather_no_grad(labels)
-        self_cols = _world()[0] * n + torch.arange(n, device=anchors.device)
+        contrast = gather_with_grad(anchors, gather)
+        contrast_labels = gather_no_grad(labels, gather)
+        offset = _world()[0] * n if contrast.shape[0] > n else 0
+        self_cols = offset + torch.arange(n, device=anchors.device)
         if queue_features is not None:
             contrast = torch.cat([contrast, queue_features.float()])
             contrast_labels = torch.cat([contrast_labels, queue_labels])
@@ -156,14 +176,14 @@ class ClipLoss(nn.Module):
     """
 
     def forward(self, video, text, logit_scale, labels,
-                queue_video=None, queue_text=None, queue_labels=None):
+                queue_video=None, queue_text=None, queue_labels=None, gather: bool = True):
         with _fp32(video):
-            return self._forward(video, text, logit_scale, labels, queue_video, queue_text, queue_labels)
+            return self._forward(video, text, logit_scale, labels, queue_video, queue_text, queue_labels, gather)
 
-    def _forward(self, video, text, logit_scale, labels, queue_video, queue_text, queue_labels):
+    def _forward(self, video, text, logit_scale, labels, queue_video, queue_text, queue_labels, gather):
         video, text = video.float(), text.float()
-        all_video, all_text = gather_with_grad(video), gather_with_grad(text)
-        all_labels = gather_no_grad(labels)
+        all_video, all_text = gather_with_grad(video, gather), gather_with_grad(text, gather)
+        all_labels = gather_no_grad(labels, gather)
         if queue_video is not None:
             all_video = torch.cat([all_video, queue_video.float()])
             all_text = torch.cat([all_text, queue_text.float()])

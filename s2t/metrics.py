@@ -114,11 +114,12 @@ def rankme(emb, eps: float = 1e-7) -> float:
 
 # --------------------------------------------------------------------------- retrieval
 
-def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: Callable
-                         ) -> torch.Tensor:
+def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: Callable,
+                         ignore: Callable | None = None) -> torch.Tensor:
     """1-based rank of the best-scoring correct gallery item for each query (ties pessimistic).
 
-    `correct(rows)` gives the (len(rows), G) bool matrix of right answers for a block of queries.
+    `correct(rows)` gives the (len(rows), G) bool matrix of right answers for a block of queries;
+    `ignore(rows)`, if given, the gallery items that are neither right nor wrong (not ranked).
     A query with no correct item in the gallery gets rank G + 1.
     """
     ranks = []
@@ -126,8 +127,12 @@ def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: 
         rows = torch.arange(start, min(start + BLOCK, queries.shape[0]), device=queries.device)
         sim = queries[rows] @ gallery.T
         ok = correct(rows)
+        wrong = ~ok
+        if ignore is not None:
+            skip = ignore(rows)
+            ok, wrong = ok & ~skip, wrong & ~skip
         best_ok = sim.masked_fill(~ok, float("-inf")).amax(1, keepdim=True)
-        wrong_ahead = ((sim >= best_ok) & ~ok).sum(1)
+        wrong_ahead = ((sim >= best_ok) & wrong).sum(1)
         ranks.append(torch.where(ok.any(1), wrong_ahead + 1, gallery.shape[0] + 1))
     return torch.cat(ranks).cpu()
 
@@ -185,6 +190,38 @@ def embedding_metrics(video_emb, text_emb, labels, text_keys=None) -> dict:
         "n_samples": int(v.shape[0]),
         "gallery_size": ranks["gallery_size"],
         "n_labels": int(label_ids(labels).max()) + 1 if v.shape[0] else 0,
+    })
+    return out
+
+
+def video_retrieval_ranks(video_emb, labels) -> torch.Tensor:
+    """Video -> video by label: for each video, the rank among all *other* videos of the first
+    one with its label (ties pessimistic); N + 1 when no other video has it."""
+    v = _tensor(video_emb)
+    y = label_ids(labels).to(v.device)
+    n = v.shape[0]
+    return _first_correct_ranks(v, v, lambda r: y[r, None] == y[None, :],
+                                ignore=lambda r: r[:, None] == torch.arange(n, device=v.device)[None, :])
+
+
+def video_metrics(video_emb, labels) -> dict:
+    """The metrics of a video-only embedding (a head trained without text, e.g. SupCon): PosSim,
+    NegSim, gap, uniformity, RankMe, and Ret@k video -> video (is a nearest other video one of the
+    same label?) over the videos whose label occurs at least twice (`n_v2v_queries`; NaN if none).
+    Nothing is compared with text: the head does not live in the text's space."""
+    v = _tensor(video_emb)
+    y = label_ids(labels)
+    pos, neg = pos_neg_similarity(v, y)
+    has_pair = (torch.bincount(y)[y] > 1) if v.shape[0] else torch.zeros(0, dtype=torch.bool)
+    ranks = video_retrieval_ranks(v, y)[has_pair]
+    out = {"pos_sim": pos, "neg_sim": neg, "gap": pos - neg}
+    out.update({f"ret{k}_v2v": r for k, r in recall_at(ranks).items()})
+    out.update({
+        "uniformity": uniformity(v),
+        "rankme": rankme(v),
+        "n_samples": int(v.shape[0]),
+        "n_v2v_queries": int(has_pair.sum()),
+        "n_labels": int(y.max()) + 1 if v.shape[0] else 0,
     })
     return out
 
@@ -258,22 +295,6 @@ def dependence(original: dict, swapped: dict) -> dict:
     if "ce" in original and "ce" in swapped:
         out["visual_dependence_ce"] = swapped["ce"] - original["ce"]
     return out
-
-
-def visual_dependence(decode: Callable, memory, mask, labels, refs: Sequence[str],
-                      seed: int = 0) -> dict:
-    """Decode each sample from its own and from another sample's encoder output; compare.
-
-    decode(memory, mask) -> list[str]. Returns the generation metrics of both runs under
-    "original" and "swapped", plus the drops from `dependence`. A decoder that ignores the video
-    gets visual_dependence_wer ~ 0 and visual_dependence_changed = 0.
-    """
-    perm = derangement(labels, seed).to(torch.as_tensor(memory).device)
-    hyps, hyps_swapped = decode(memory, mask), decode(memory[perm], mask[perm])
-    original = generation_metrics(hyps, refs)
-    swapped = generation_metrics(hyps_swapped, refs)
-    return {"original": original, "swapped": swapped, **dependence(original, swapped),
-            "visual_dependence_changed": changed_fraction(hyps, hyps_swapped)}
 
 
 def changed_fraction(hyps: Sequence[str], hyps_swapped: Sequence[str]) -> float:

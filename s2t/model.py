@@ -87,6 +87,8 @@ class PoseEncoder(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         d = c.embed_dim
+        self.register_buffer("in_mean", torch.zeros(c.in_dim))
+        self.register_buffer("in_std", torch.ones(c.in_dim))
         self.embed = nn.Sequential(nn.Linear(c.in_dim, d), nn.GELU(), nn.Linear(d, d))
         self.drop = nn.Dropout(c.dropout)
         layer = nn.TransformerEncoderLayer(d, c.heads, d * c.ff_mult, c.dropout, activation="gelu",
@@ -94,8 +96,15 @@ class PoseEncoder(nn.Module):
         self.layers = nn.TransformerEncoder(layer, c.encoder_layers, norm=nn.LayerNorm(d),
                                             enable_nested_tensor=False)
 
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-2) -> None:
+        """Standardise each input feature with training-set statistics (saved with the weights).
+        Without it the pooled clip embeddings start nearly identical (cosine ~0.998: the body and
+        the positions are the same in every clip) and the contrastive losses stall there."""
+        self.in_mean.copy_(mean)
+        self.in_std.copy_(std.clamp(min=min_std))  # near-constant features: 1% of a shoulder width
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
+        h = self.embed((x - self.in_mean) / self.in_std)
         h = h + sinusoidal_positions(x.shape[1], h.shape[-1], x.device).to(h.dtype)
         return self.layers(self.drop(h), src_key_padding_mask=~mask)
 

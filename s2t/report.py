@@ -30,6 +30,8 @@ EMBEDDING_ROWS = [
     ("ret5_t2v", "Ret@5 text→video", "{:.1%}"),
     ("ret10_t2v", "Ret@10 text→video", "{:.1%}"),
     ("median_rank_v2t", "median rank video→text", "{:.0f}"),
+    ("ret1_v2v", "Ret@1 video→video (same label)", "{:.1%}"),
+    ("ret5_v2v", "Ret@5 video→video (same label)", "{:.1%}"),
     ("alignment", "alignment (lower = closer pairs)", "{:.3f}"),
     ("uniformity", "uniformity (lower = more spread)", "{:.3f}"),
     ("rankme", "effective rank (RankMe)", "{:.1f}"),
@@ -48,6 +50,8 @@ def diagnose(m: dict) -> list[str]:
     """Warnings in words for a flat metrics dict (any subset of keys; missing ones are skipped)."""
     out = []
     neg, gap = m.get("neg_sim"), m.get("gap")
+    if gap is None and _num(m.get("pos_sim")) and _num(neg):
+        gap = m["pos_sim"] - neg
     if _num(neg) and neg > NEG_SIM_COLLAPSE:
         out.append(f"embedding collapse: NegSim {neg:.3f} > {NEG_SIM_COLLAPSE} — videos of "
                    "different sentences point the same way")
@@ -66,11 +70,26 @@ def diagnose(m: dict) -> list[str]:
         else:
             out.append(f"decoder ignores the video: swapping every sample's encoder output for another "
                        f"sample's changes WER by only {vd:+.3f}" + (f" ({detail})" if detail else ""))
+    elif not _num(vd) and _num(vd_ce) and vd_ce <= CE_READS:
+        # no decoding (training's periodic validation): the CE criterion alone decides
+        out.append(f"decoder ignores the video: swapping every sample's encoder output for another "
+                   f"sample's changes the teacher-forced CE by only {vd_ce:+.3f} nats/token "
+                   f"(<= {CE_READS})")
     copy, wer = m.get("train_copy_rate"), m.get("wer")
     if _num(copy) and _num(wer) and copy > COPY_RATE_LM and wer > WER_LM:
         out.append(f"decoder collapse: {copy:.0%} of outputs are verbatim training sentences yet "
                    f"WER is {wer:.2f} — it recites the training set")
     return out
+
+
+def validation_warnings(metrics: dict) -> list[str]:
+    """The warnings for training's periodic validation, by the same rule as the evaluation's
+    verdict (`diagnose`): pass the validation metrics as they are (pos_sim, neg_sim and, when
+    computed, visual_dependence_ce / visual_dependence_wer / visual_dependence_changed; other keys
+    are ignored, the gap is derived from pos_sim and neg_sim when absent)."""
+    keys = ("pos_sim", "neg_sim", "gap", "visual_dependence_wer", "visual_dependence_changed",
+            "visual_dependence_ce", "wer", "train_copy_rate")
+    return diagnose({k: metrics[k] for k in keys if k in metrics})
 
 
 def verdict(summary: dict) -> str:
@@ -126,8 +145,8 @@ def markdown_table(columns: dict[str, dict], rows=None) -> str:
 def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
     """The whole summary.md: header, verdict, table of systems, example translations."""
     columns = {"model (CLIP head, greedy)": {**summary.get("clip", {}), **summary.get("greedy", {})}}
-    if summary.get("supcon"):
-        columns["SupCon head"] = summary["supcon"]
+    if summary.get("supcon"):  # video-only metrics: the SupCon head is not in the text's space
+        columns["SupCon head (video only)"] = summary["supcon"]
     if summary.get("beam"):
         columns[f"beam {summary.get('beam_size', '')}".strip()] = summary["beam"]
     if summary.get("swapped"):
@@ -139,7 +158,8 @@ def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
     head = (f"# Evaluation: {summary.get('run', '')} — split `{summary.get('split', '')}`\n\n"
             f"{summary.get('n_samples')} samples, {summary.get('gallery_size')} distinct sentences "
             "(the video→text gallery; text→video searches all videos). Retrieval ties count "
-            "against the model.")
+            "against the model." + (" The SupCon head is trained on videos only, so it is scored on "
+                                   "videos only (no text retrieval)." if summary.get("supcon") else ""))
     if summary.get("n_samples") and not _num(summary.get("pos_sim")):
         head += (" PosSim (and the gap) are n/a: no sentence occurs twice in this split, so there"
                  " are no same-sentence pairs.")

@@ -5,7 +5,8 @@ optimizer steps (accumulating micro-batches) -> validate / log / checkpoint. Res
 everything that decides the next step (weights, AdamW moments, GradScaler, sampler position,
 augmentation and dropout RNG, memory queues), so a resumed run repeats the uninterrupted one.
 
-Multi-GPU: launch with `torchrun --nproc_per_node N -m s2t train ...`; every rank draws its own
+Multi-GPU: `torchrun --nproc_per_node N -m s2t train --cache C --config Y --run-dir R` (spell
+--run as --run-dir there: torchrun's parser reads --run as its own option); every rank draws its own
 share of each epoch's batches and the contrastive losses score local against gathered features.
 Resume is exact for a single process; with several ranks it continues from the same state but
 reseeds each rank's augmentation/dropout streams (the checkpoint holds rank 0's).
@@ -31,10 +32,10 @@ from .checkpoint import (CONFIG, LAST, CheckpointError, build_model, link_checkp
 from .config import TrainConfig, load_config
 from .data import KeypointData, PKBatchSampler
 from .losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss
+from .report import validation_warnings
 
 log = logging.getLogger("s2t.train")
 METRICS = "metrics.jsonl"
-COLLAPSE_NEG_SIM = 0.8  # NegSim above this at consecutive validations = embeddings in one narrow cone
 
 
 class TrainingError(RuntimeError):
@@ -89,16 +90,19 @@ class Losses:
     def heads(self) -> tuple[str, ...]:
         return tuple(h for h in ("supcon", "clip") if h in self.active)
 
-    def __call__(self, out: dict, batch, use_queue: bool = True):
-        """-> total, {name: loss} for the active losses. `out` is SignTranslator.forward's."""
+    def __call__(self, out: dict, batch, training: bool = True, use_queue: bool = True):
+        """-> total, {name: loss} for the active losses. `out` is SignTranslator.forward's.
+        training=False (validation, on one rank): no queue, no gathering across ranks."""
         parts = {}
+        use_queue = training and use_queue
         if "supcon" in self.active:
             qf, ql = self.queues["supcon"].get() if use_queue else (None, None)
-            parts["supcon"] = self.supcon(out["supcon"], batch.label, qf, ql)
+            parts["supcon"] = self.supcon(out["supcon"], batch.label, qf, ql, gather=training)
         if "clip" in self.active:
             (qv, ql), (qt, _) = ((self.queues["clip_video"].get(), self.queues["clip_text"].get())
                                  if use_queue else ((None, None), (None, None)))
-            parts["clip"] = self.clip(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql)
+            parts["clip"] = self.clip(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql,
+                                      gather=training)
         if "ce" in self.active:
             parts["ce"] = self.caption(out["logits"], batch.tokens[:, 1:])
         total = sum(self.weights[k] * v for k, v in parts.items())
@@ -114,8 +118,9 @@ class Losses:
 
 @torch.no_grad()
 def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autocast, split="val") -> dict:
-    """Val losses (no queue) and the collapse metrics of the video/text embeddings."""
-    from .metrics import embedding_metrics
+    """Val losses (no queue), the collapse metrics of the video/text embeddings, and the decoder's
+    visual dependence: its CE again with every video swapped for one of another sentence."""
+    from .metrics import derangement, embedding_metrics
 
     was_training = model.training
     model.eval()
@@ -124,7 +129,12 @@ def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autoca
     for batch in data.iterate(split, cfg.batch_size):
         with autocast():
             out = model(batch.x, batch.mask, batch.tokens[:, :-1], batch.text_emb, heads=("supcon", "clip"))
-            total, parts = losses(out, batch, use_queue=False)
+            total, parts = losses(out, batch, training=False)
+            if "ce" in parts:
+                perm = derangement(batch.label.cpu()).to(batch.x.device)  # fixed seed: no RNG consumed
+                swapped = model(batch.x[perm], batch.mask[perm], batch.tokens[:, :-1], batch.text_emb,
+                                heads=("supcon", "clip"))
+                parts["ce_swapped"] = losses(swapped, batch, training=False)[1]["ce"]
         b = len(batch.index)
         for k, v in {"loss": total, **parts}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b
@@ -138,9 +148,20 @@ def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autoca
         return {}
     metrics = embedding_metrics(torch.cat(video), torch.cat(text), torch.cat(labels).cpu(),
                                 text_keys=torch.cat(text_ids).cpu())
-    return {**{k: v / n for k, v in sums.items()}, "pos_sim": metrics["pos_sim"], "neg_sim": metrics["neg_sim"],
+    mean = {k: v / n for k, v in sums.items()}
+    if "ce_swapped" in mean:
+        mean["visual_dependence_ce"] = mean["ce_swapped"] - mean["ce"]
+    return {**mean, "pos_sim": metrics["pos_sim"], "neg_sim": metrics["neg_sim"],
             "ret1_v2t": metrics["ret1_v2t"], "ret1_t2v": metrics["ret1_t2v"], "ret5_v2t": metrics["ret5_v2t"],
             "rankme": metrics["rankme"], "n_samples": n, "head": head}
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (one host sync; one tiny all_reduce under DDP)."""
+    ok = torch.isfinite(loss).float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +262,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                     "in_dim": data.feature_dim, "text_dim": data.text_dim}
     model, _ = build_model(cfg, info)
     model.to(device)
+    if not resume:  # (on resume the statistics come back with the weights)
+        model.encoder.set_input_stats(*data.feature_stats("train"))
     raw_model = model
     losses = Losses(cfg, data.vocab, device)
     if world > 1:  # a switched-off loss leaves its head without gradient: tell DDP
@@ -252,7 +275,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         log.info("model: %.2fM parameters, precision %s, device %s", n_params / 1e6,
                  str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device)
 
-    opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
+    opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     sampler = PKBatchSampler(data.label_np[train_rows], data.lengths[train_rows], cfg.batch_size,
@@ -272,6 +295,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         if main_proc:
             truncate_metrics(metrics_path, step)
             log.info("resumed %s at step %d", run_dir / LAST, step)
+    elif main_proc and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run in a folder whose earlier run never reached a checkpoint
     if main_proc:
         write_run_info(run_dir, cfg, info)  # the resolved config (with resume overrides) + vocabulary
     writer = _tensorboard(run_dir) if main_proc else None
@@ -298,7 +323,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     from tqdm import tqdm
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_proc, dynamic_ncols=True, desc="train")
     window = {"t": time.time(), "samples": 0, "data_s": 0.0}
-    high_neg_sim, val = 0, {}
+    val = {}
     model.train()
     try:
         while step < cfg.max_steps:
@@ -307,6 +332,9 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             parts_sum, finite = None, True
+            # the queue waits until the encoder drifts slowly (XBM, Wang et al. 2020): embeddings
+            # queued while it still changes fast are stale and pull everything into one cone
+            queue_on = step >= cfg.queue_start
             for micro in range(cfg.accumulation_steps):
                 t_data = time.perf_counter()
                 batch = data.batch(train_rows[next(sampler)], gens["aug_time"], gens["aug_space"])
@@ -316,14 +344,14 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
                     out = model(batch.x, batch.mask, batch.tokens[:, :-1] if "ce" in losses.active else None,
                                 batch.text_emb if "clip" in losses.active else None, heads=losses.heads())
-                    total, parts = losses(out, batch)
+                    total, parts = losses(out, batch, use_queue=queue_on)
                     scaler.scale(total / cfg.accumulation_steps).backward()
                 detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])
                 parts_sum = detached if parts_sum is None else parts_sum + detached
-                if not torch.isfinite(total):  # never let a NaN embedding into the queues
-                    finite = False
-                    break
-                losses.push(out, batch)
+                ok = all_ranks_finite(total.detach())  # the same answer on every rank: collectives stay in step
+                finite = finite and ok
+                if queue_on and ok:  # never let a NaN embedding into the queues
+                    losses.push(out, batch)
                 window["samples"] += len(batch.index) * world
             values = (parts_sum / cfg.accumulation_steps).tolist()
             if not finite:
@@ -359,10 +387,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"}})
                 log.info("step %d val: loss %.3f PosSim %.3f NegSim %.3f Ret@1 v2t %.3f t2v %.3f", step,
                          val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
-                high_neg_sim = high_neg_sim + 1 if val["neg_sim"] > COLLAPSE_NEG_SIM else 0
-                if high_neg_sim >= 2:
-                    log.warning("NegSim %.3f > %.1f at %d validations in a row: the %s embeddings sit in one "
-                                "narrow cone (collapse)", val["neg_sim"], COLLAPSE_NEG_SIM, high_neg_sim, val["head"])
+                for warning in validation_warnings(val):  # the same rule as `s2t eval`'s verdict
+                    log.warning("step %d val (%s head): %s", step, val["head"], warning)
             if world > 1:
                 dist.barrier()
 
@@ -413,7 +439,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", help="training preset YAML (not needed with --resume)")
     p.add_argument("--config-overlay", action="append", default=[],
                    help="YAML applied after --config (repeatable), e.g. configs/train/cpu_scale.yaml")
-    p.add_argument("--run", required=True, help="run folder for checkpoints and logs")
+    p.add_argument("--run", "--run-dir", dest="run", required=True,
+                   help="run folder for checkpoints and logs (--run-dir: the same, for torchrun, "
+                        "whose own options make --run ambiguous)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its last checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="checkpoint and exit after this step, as if interrupted (time slicing, tests)")

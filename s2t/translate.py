@@ -1,8 +1,8 @@
 """`python -m s2t translate FILE --run DIR [--beam 4] [--top 5]`: one new input to text.
 
 FILE is a video (MediaPipe Holistic runs on it), a .pose file or a .npy/.npz of (T, 543, 3|4)
-landmarks. It goes through the same path as training: the cache's frame rate, `s2t.data`'s
-normalisation, the run's model. Prints the decoded sentence and the training sentences nearest in
+landmarks. It goes through the same path as training: the training frame rate (`training_fps`),
+`s2t.data`'s normalisation, the run's model. Prints the decoded sentence and the training sentences nearest in
 the CLIP space with their cosine. An input without a person is an error (exit 1), never a
 made-up sentence.
 """
@@ -44,6 +44,21 @@ def training_sentences(cache, model, device, batch_size: int = 1024) -> tuple[li
         emb = [model.text_embedding(sentence_emb[a:a + batch_size].to(device)).float().cpu()
                for a in range(0, len(rows), batch_size)]
     return list(texts[rows]), torch.cat(emb) if emb else torch.zeros(0, 1)
+
+
+def training_fps(cache) -> float | None:
+    """The frame rate the model was trained at: the cache's fps setting, or where that is null
+    (the cache kept each source's own rate) the median rate of its training samples (all samples
+    if it has no train split). None only for a cache without frame rates."""
+    fps = cache.meta.get("settings", {}).get("fps")
+    if fps:
+        return float(fps)
+    rates = np.asarray(cache.samples.get("fps", []), np.float64)
+    train = np.asarray(cache.samples["split"]).astype(str) == "train" if "split" in cache.samples else None
+    if train is not None and len(train) == len(rates) and train.any():
+        rates = rates[train]
+    rates = rates[np.isfinite(rates) & (rates > 0)]
+    return round(float(np.median(rates)), 3) if len(rates) else None  # float32 29.97 -> 29.97
 
 
 def has_person(keypoints: np.ndarray) -> bool:
@@ -101,10 +116,11 @@ def main(argv=None) -> int:
         print(f"error: {e} (the training sentences and frame rate come from the run's cache; "
               "pass --cache if it moved)", file=sys.stderr)
         return 1
+    train_fps = training_fps(cache)
     settings = cache.meta.get("settings", {})
-    try:  # the frame rate the model was trained at: the cache's setting
-        keypoints, fps = load_keypoints(args.file, target_fps=settings.get("fps"),
-                                        default_fps=settings.get("default_fps") or 25.0)
+    try:  # the model's frame rate; a .npy without one is taken to be at that rate
+        keypoints, fps = load_keypoints(args.file, target_fps=train_fps,
+                                        default_fps=settings.get("default_fps") or train_fps or 25.0)
     except SourceError as e:
         print(f"error: cannot translate {e.path}: {e.reason}", file=sys.stderr)
         return 1

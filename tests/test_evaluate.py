@@ -1,9 +1,9 @@
 """`s2t eval`, `s2t compare` and `s2t translate` end to end on a tiny trained run.
 
 The run: the built-in synthetic corpus at its tiny scale (20 sentences x 6 signers, split by
-signer) written straight into a cache, trained for 20 steps on the CPU (enough for the decoder to
-emit words). It is far from converged: these tests check the plumbing and the consistency between
-the commands, not quality.
+signer; the held-out signers sign each sentence twice) written straight into a cache, trained for
+20 steps on the CPU (enough for the decoder to emit words). It is far from converged: these tests
+check the plumbing and the consistency between the commands, not quality.
 """
 import csv
 import json
@@ -17,8 +17,9 @@ import torch
 from preprocess.store import write_cache
 from preprocess.synthetic import generate_corpus
 from preprocess.text import load_tokenizer, tokenize
-from s2t import compare, evaluate, translate
+from s2t import compare, evaluate, report, translate
 from s2t.config import load_config
+from s2t.data import Batch, Vocab, encode_texts, words_of
 from s2t.train import train
 
 REQUIRED = ["pos_sim", "neg_sim", "ret1_v2t", "ret1_t2v", "ret5_v2t", "wer", "bleu4", "chrf",
@@ -66,11 +67,10 @@ def test_eval_writes_the_summary_and_plots(evaluated, corpus):
     for key in REQUIRED:
         assert key in summary, key
     test_rows = [r for r in csv.DictReader(open(corpus / "manifest.csv")) if r["split"] == "test"]
-    assert summary["n_samples"] == len(test_rows) == 20
-    assert summary["gallery_size"] == len({r["text"] for r in test_rows})
-    # one signer signs each sentence once: no same-sentence pairs, PosSim undefined (null), not 0
-    assert summary["pos_sim"] is None
-    for key in ("neg_sim", "ret1_v2t", "ret1_t2v", "ret5_v2t", "wer", "bleu4", "chrf",
+    assert summary["n_samples"] == len(test_rows) > 0
+    assert summary["gallery_size"] == len({r["text"] for r in test_rows}) < len(test_rows)
+    # the held-out signers repeat sentences: same-sentence pairs exist, so PosSim is defined
+    for key in ("pos_sim", "neg_sim", "ret1_v2t", "ret1_t2v", "ret5_v2t", "wer", "bleu4", "chrf",
                 "visual_dependence_wer", "visual_dependence_ce"):
         assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
     assert 0 <= summary["ret1_v2t"] <= summary["ret5_v2t"] <= 1
@@ -169,3 +169,157 @@ def test_translate_refuses_a_video_without_a_person(tiny_run, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "no person" in captured.err
     assert "translation:" not in captured.out
+
+
+def test_translate_resamples_to_the_training_frame_rate(evaluated, corpus, tmp_path, capsys):
+    """The run's cache has no fps setting (null: sources kept their rate), so translate must fall
+    back to the training samples' rate (15 fps): the same clip at 30 fps (every frame twice, in an
+    .npz with its fps) is resampled to the very frames eval saw, and gives its sentence."""
+    run, summary, _ = evaluated
+    example = summary["examples"][0]  # the shortest: no subsampling to max_frames hides the frame rate
+    keypoints = np.load(corpus / "keypoints" / f"{example['id']}.npy")
+    npz = tmp_path / f"{example['id']}_30fps.npz"
+    np.savez(npz, keypoints=np.repeat(keypoints, 2, axis=0), fps=np.float32(30.0))
+    assert translate.main([str(npz), "--run", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"({len(keypoints)} frames at 15 fps," in lines[0], lines[0]
+    i = next(k for k, line in enumerate(lines) if line.startswith("translation:"))
+    assert lines[i] == f"translation: {example['hypothesis'] or translate.NO_WORDS}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Visual dependence through the product path (`evaluate.run_model` / `evaluate.evaluate`), with
+# stand-in models whose dependence on the video is known, on stand-in data.
+
+SENTENCES = ["the patient has a headache", "take two pills", "where does it hurt",
+             "do you smoke", "open your mouth wide", "breathe in slowly"]
+
+
+class FakeData:
+    """What `evaluate` reads from KeypointData. Sample i's video is T frames holding the number i.
+    Every sentence is signed 4 times in the test split with the same length, so length-sorted
+    batches of 4 hold repeats of one sentence: a swap inside a batch would pair equal sentences."""
+
+    def __init__(self, train_repeats=2, test_repeats=4):
+        self.texts = np.array([t for t in SENTENCES for _ in range(train_repeats)]
+                              + [t for t in SENTENCES for _ in range(test_repeats)])
+        self.split = np.array(["train"] * (len(SENTENCES) * train_repeats)
+                              + ["test"] * (len(SENTENCES) * test_repeats))
+        self.ids = np.array([f"s{i}" for i in range(len(self.texts))])
+        sentence = torch.tensor([SENTENCES.index(t) for t in self.texts])
+        self.label = self.text_id = sentence
+        self.lengths = 3 + sentence.numpy()
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + sorted({w for t in SENTENCES for w in words_of(t)})
+        self.vocab = Vocab("word", np.arange(len(words)), pad=0, unk=1, bos=2, eos=3, words=words)
+        self.tokens = torch.from_numpy(encode_texts(self.vocab, None, self.texts, 12))
+        self.text_emb = torch.nn.functional.one_hot(sentence, len(SENTENCES)).float()
+
+    def rows(self, split):
+        return np.flatnonzero(self.split == split)
+
+    def batch(self, idx):
+        idx = torch.as_tensor(np.asarray(idx, np.int64))
+        lengths = torch.as_tensor(self.lengths)[idx]
+        mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]
+        x = idx.float()[:, None, None] * mask[..., None]
+        L = int((self.tokens[idx] != self.vocab.pad).sum(1).max())
+        return Batch(x=x, mask=mask, tokens=self.tokens[idx][:, :L], text_emb=self.text_emb[idx],
+                     label=self.label[idx], text_id=self.text_id[idx], index=idx)
+
+
+class StandIn(torch.nn.Module):
+    """copy=True: reads the sample number from its memory and writes (and scores) that sample's
+    sentence. copy=False: the decoder ignores the memory (always sentence 0; logits from the
+    input tokens only). Both embed a video as its sentence's one-hot."""
+
+    def __init__(self, data: FakeData, copy: bool):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.data, self.copy, self.V = data, copy, data.vocab.size
+
+    def encode(self, x, mask):
+        return x
+
+    def _rows(self, memory):
+        return memory[:, 0, 0].round().long()
+
+    def video_embedding(self, memory, mask, head="clip"):
+        return self.data.text_emb[self._rows(memory)]
+
+    def text_embedding(self, e):
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    def decoder_logits(self, memory, mask, input_ids):
+        if not self.copy:
+            return 10 * torch.nn.functional.one_hot(input_ids, self.V).float()
+        target = self.data.tokens[self._rows(memory)][:, 1:input_ids.shape[1] + 1]
+        return 10 * torch.nn.functional.one_hot(target, self.V).float()
+
+    def generate(self, memory, mask, max_len=40, beam_size=1):
+        rows = self._rows(memory) if self.copy else torch.zeros(len(memory), dtype=torch.long)
+        return [[t for t in self.data.tokens[r, 1:].tolist() if t > 3] for r in rows]
+
+
+def test_a_decoder_that_ignores_the_video_has_no_visual_dependence():
+    data = FakeData()
+    summary, _ = evaluate.evaluate(StandIn(data, copy=False), data, "test", batch_size=4)
+    assert summary["visual_dependence_wer"] == pytest.approx(0)
+    assert summary["visual_dependence_ce"] == pytest.approx(0)
+    assert summary["visual_dependence_changed"] == 0
+    assert any("ignores the video" in w for w in summary["warnings"])
+
+
+def test_a_decoder_that_copies_the_video_has_a_large_visual_dependence():
+    data = FakeData()
+    summary, extras = evaluate.evaluate(StandIn(data, copy=True), data, "test", batch_size=4)
+    assert summary["wer"] == 0 and summary["ce"] < 0.01
+    # every sample is given the video of a different sentence, though each batch holds one sentence
+    assert summary["visual_dependence_changed"] == 1
+    assert summary["visual_dependence_wer"] > 0.5
+    assert summary["visual_dependence_ce"] > 5
+    assert summary["visual_dependence_ret1_v2t"] == pytest.approx(1)
+    assert not any("ignores the video" in w for w in summary["warnings"])
+    assert all(e["swapped"] != e["reference"] for e in extras["examples"])
+
+
+def test_the_supcon_head_is_scored_on_videos_only(tmp_path):
+    data = FakeData()
+    summary, _ = evaluate.evaluate(StandIn(data, copy=True), data, "test", batch_size=4)
+    supcon = summary["supcon"]
+    assert not any(k.endswith(("_v2t", "_t2v")) or k == "alignment" for k in supcon)
+    assert supcon["ret1_v2v"] == 1 and supcon["n_v2v_queries"] == 24
+    assert supcon["pos_sim"] == pytest.approx(1) and supcon["neg_sim"] == pytest.approx(0)
+    md = report.summary_markdown(summary)
+    header = next(line for line in md.splitlines() if line.startswith("| metric"))
+    col = [c.strip() for c in header.split("|")].index("SupCon head (video only)")
+    for line in (line for line in md.splitlines() if line.startswith("| ")):
+        cells = [c.strip() for c in line.split("|")]
+        if "video→text" in line or "text→video" in line or "alignment" in line:
+            assert cells[col] == "", line
+        if line.startswith("| Ret@1 video→video"):
+            assert cells[col] == "100.0%"
+
+
+def test_swapped_outputs_are_the_decoders_real_output_for_the_partner_video():
+    """A real (random, tiny) model: indexing the unswapped outputs by the permutation gives what
+    decoding from the partner's encoder output gives, and the swapped CE is the CE of the sample's
+    own sentence given the partner's video."""
+    from s2t.model import ModelConfig, SignTranslator
+
+    torch.manual_seed(0)
+    data = FakeData()
+    model = SignTranslator(ModelConfig(in_dim=1, vocab_size=data.vocab.size, pad_id=0, bos_id=2, eos_id=3,
+                                       text_dim=len(SENTENCES), embed_dim=16, proj_dim=8, encoder_layers=1,
+                                       decoder_layers=1, heads=2, ff_mult=2, dropout=0.0))
+    out = evaluate.run_model(model, data, "test", batch_size=4, max_len=6)
+    rows, perm = out.cat("index").numpy(), out.perm.numpy()
+    assert (data.label[rows[perm]] != data.label[rows]).all()
+    greedy_swapped, clip_swapped = evaluate.swapped_outputs(out)
+    own, other = data.batch(rows), data.batch(rows[perm])
+    with torch.no_grad():
+        memory = model.encode(other.x, other.mask)
+        assert model.generate(memory, other.mask, max_len=6) == greedy_swapped
+        torch.testing.assert_close(model.video_embedding(memory, other.mask), clip_swapped)
+        nats, tokens = evaluate.teacher_forced_ce(model, memory, other.mask, own.tokens, data.vocab.pad)
+    assert sum(n for n, _ in out.ce_swapped) == pytest.approx(nats, rel=1e-4)
+    assert sum(t for _, t in out.ce_swapped) == tokens

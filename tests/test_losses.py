@@ -1,6 +1,7 @@
 """Each loss against a reference written independently here with plain loops over anchors
 (float64), for values and gradients."""
 import math
+import time
 
 import pytest
 import torch
@@ -220,9 +221,15 @@ def test_two_ranks_equal_one_big_batch(tmp_path):
 
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3])  # every anchor has a positive; some across ranks
     v, t = unit(8, 6, seed=20).float(), unit(8, 6, seed=21).float()
-    # fork: the workers need nothing but this module, and skip a fresh interpreter + torch import
-    mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "init"), v, t, labels, str(tmp_path)),
-                       nprocs=2, start_method="fork")
+    # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock
+    ctx = mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "init"), v, t, labels, str(tmp_path)),
+                             nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two gloo workers did not finish in 180 s")
     ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
     fv, ft = v.clone().requires_grad_(), t.clone().requires_grad_()
     clip = ClipLoss()(fv, ft, torch.tensor(10.0), labels)

@@ -159,32 +159,22 @@ def test_derangement_pairs_different_labels():
     assert (one != torch.arange(4)).all()
 
 
-def _memory_of(refs):
-    """Encoder-output stand-in: sample i's memory holds its index, so a 'reader' can copy it."""
-    n = len(refs)
-    memory = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 3, 2).clone()
-    return memory, torch.ones(n, 3, dtype=torch.bool)
-
-
-def test_visual_dependence_of_a_decoder_that_ignores_the_video_is_zero():
-    memory, mask = _memory_of(REFS)
-    blind = lambda mem, msk: ["take two pills"] * mem.shape[0]  # noqa: E731
-    out = M.visual_dependence(blind, memory, mask, REFS, REFS)
-    assert out["visual_dependence_wer"] == pytest.approx(0)
-    assert out["visual_dependence_bleu4"] == pytest.approx(0)
-    assert out["visual_dependence_changed"] == 0
-    assert any("ignores the video" in w for w in report.diagnose(out))
-
-
-def test_visual_dependence_of_a_decoder_that_reads_the_video_is_large():
-    memory, mask = _memory_of(REFS)
-    reader = lambda mem, msk: [REFS[int(m[0, 0])] for m in mem]  # noqa: E731
-    out = M.visual_dependence(reader, memory, mask, REFS, REFS)
-    assert out["original"]["wer"] == pytest.approx(0)
-    assert out["visual_dependence_wer"] > 0.5
-    assert out["visual_dependence_bleu4"] > 50
-    assert out["visual_dependence_changed"] == 1
-    assert not any("ignores the video" in w for w in report.diagnose(out))
+def test_video_retrieval_excludes_the_query_itself():
+    # a0 = (1, 0) and a1 = (.8, .6) share a label; b0 = (.9, -.436) and c0 = (0, 1) are alone.
+    # a0: b0 (.9) scores above a1 (.8) -> rank 2; a1: a0 (.8) is its best -> rank 1.
+    # b0 and c0 have no other video of their label: not queries. (Counting the query itself as a
+    # match would give every video rank 1.)
+    v = unit([1, 0], [0.8, 0.6], [0.9, -0.436], [0, 1])
+    labels = ["a", "a", "b", "c"]
+    ranks = M.video_retrieval_ranks(v, labels)
+    assert ranks[:2].tolist() == [2, 1]
+    assert ranks[2:].tolist() == [5, 5]  # no correct item: N + 1
+    m = M.video_metrics(v, labels)
+    assert m["n_v2v_queries"] == 2
+    assert m["ret1_v2v"] == pytest.approx(0.5) and m["ret5_v2v"] == pytest.approx(1.0)
+    assert m["pos_sim"] == pytest.approx(0.8)
+    assert not any(k.endswith(("_v2t", "_t2v")) or k == "alignment" for k in m)
+    assert math.isnan(M.video_metrics(v, ["a", "b", "c", "d"])["ret1_v2v"])  # no pairs at all
 
 
 def test_a_decoder_that_reads_the_video_without_gain_is_not_called_blind():
@@ -206,3 +196,20 @@ def test_verdict_on_the_users_collapsed_model_and_on_a_healthy_one():
                "wer": 0.3, "train_copy_rate": 0.5, "visual_dependence_wer": 0.6}
     assert report.diagnose(healthy) == []
     assert report.verdict(healthy).startswith("**Not collapsed.**")
+
+
+def test_training_warns_by_the_same_rule_as_the_evaluation():
+    # training's validation dict: no gap key, plus keys diagnose does not know
+    val = {"loss": 3.2, "pos_sim": 0.96, "neg_sim": 0.906, "ret1_v2t": 0.05, "head": "clip"}
+    warnings = report.validation_warnings(val)
+    assert warnings == report.diagnose({**val, "gap": 0.96 - 0.906})
+    assert len(warnings) == 2 and "NegSim 0.906 > 0.8" in warnings[0] and "< 0.1" in warnings[1]
+    # visual dependence from the teacher-forced CE alone (training does not decode)
+    healthy = {"pos_sim": 0.7, "neg_sim": 0.1}
+    blind = report.validation_warnings({**healthy, "visual_dependence_ce": 0.01})
+    assert len(blind) == 1 and "ignores the video" in blind[0]
+    assert report.validation_warnings({**healthy, "visual_dependence_ce": 0.8}) == []
+    # with a WER it is diagnose's rule, unchanged
+    both = {**healthy, "visual_dependence_wer": 0.01, "visual_dependence_ce": 0.8}
+    assert report.validation_warnings(both) == report.diagnose(both)
+    assert "depends on the video" in report.validation_warnings(both)[0]

@@ -20,7 +20,7 @@ SENTENCES = ["do you have pain in your chest", "take two tablets every morning",
 
 # A model small enough that a few dozen steps take seconds on a 2-core CPU.
 TINY = ["embed_dim=64", "proj_dim=32", "heads=4", "batch_size=24", "samples_per_label=4",
-        "queue_size=48", "warmup_steps=5", "lr=2e-3", "log_every=1"]
+        "queue_size=48", "queue_start=2", "warmup_steps=5", "lr=2e-3", "log_every=1"]
 
 
 def synthetic_sample(label: int, rng, n_labels: int) -> np.ndarray:
@@ -210,6 +210,11 @@ def test_training_learns_the_corpus(corpus, tmp_path):
     model, cfg2, info = load_run(tmp_path / "run")
     assert cfg2 == cfg and info["step"] == 60
     data = KeypointData(corpus, cfg2, vocab=info["vocab"])
+    # inputs are standardised with the train split's feature statistics, saved with the weights
+    frames = torch.cat([b.x[b.mask] for b in data.iterate("train", 50)])
+    torch.testing.assert_close(model.encoder.in_mean, frames.mean(0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.encoder.in_std, frames.std(0, correction=0).clamp(min=1e-2),
+                               rtol=1e-3, atol=1e-5)
     batch = next(data.iterate("val", 24))
     with torch.no_grad():
         memory = model.encode(batch.x, batch.mask)
@@ -331,3 +336,34 @@ def test_seed_setup_trains_with_a_word_vocabulary_and_one_shared_head(corpus, tm
     with torch.no_grad():
         out = info["vocab"].decode(model.generate(model.encode(batch.x, batch.mask), batch.mask, max_len=5))
     assert all(set(s.split()) <= set(info["vocab"].words) for s in out)
+
+
+def test_killed_run_resumes_to_the_same_losses(corpus, tmp_path):
+    """SIGKILL a real training process mid-run, resume it, and get the uninterrupted losses."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    common = [*TINY, "max_steps=30", "ckpt_every=2", "eval_every=100"]
+    train(tiny_cfg(*common[len(TINY):]), corpus, tmp_path / "straight")
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "s2t", "train", "--cache", str(corpus), "--config", "configs/train/tiny_cpu.yaml",
+           "--run", str(run), *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, "the training process ended too early"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    logged = len(metrics.read_text().splitlines())
+    assert logged < 30, "killed too late to test anything"
+    assert main(["--cache", str(corpus), "--run", str(run), "--resume"]) == 0
+    straight, _ = losses_by_step(tmp_path / "straight")
+    resumed, _ = losses_by_step(run)
+    assert sorted(resumed) == list(range(1, 31))
+    for step in range(1, 31):
+        assert resumed[step]["loss"] == pytest.approx(straight[step]["loss"], rel=1e-6, abs=1e-6), step
