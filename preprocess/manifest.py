@@ -101,7 +101,10 @@ def read_manifest(path, preset: str | None = None, *, sep: str | None = None,
         raise ManifestError(path, problems or ["empty file: no header and no rows"])
 
     optional = ("split", "signer", "label", "start", "end", "fps")
-    columns = PRESETS[preset].columns if preset else {f: f for f in (*REQUIRED, *optional)}
+    columns = dict(PRESETS[preset].columns) if preset else {f: f for f in (*REQUIRED, *optional)}
+    if preset == "how2sign" and {"START_REALIGNED", "END_REALIGNED"} <= set(header):
+        # the re-aligned How2Sign release names its clip bounds START_REALIGNED / END_REALIGNED
+        columns.update(start="START_REALIGNED", end="END_REALIGNED")
     required = [columns[f] for f in REQUIRED] + ([columns["start"], columns["end"]] if preset == "how2sign" else [])
     missing_cols = [c for c in required if c not in header]
     if missing_cols:

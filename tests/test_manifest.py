@@ -112,7 +112,7 @@ def test_how2sign_preset(tmp_path):
     (row,) = read_manifest(tmp_path / "how2sign_realigned_val.csv", preset="how2sign")
     assert row.id == "-fZc293MpJk_0-1-rgb_front"
     assert row.path == (tmp_path / "raw_videos/-fZc293MpJk-1-rgb_front.mp4").resolve()
-    assert (row.start, row.end, row.split) == (1.25, 3.5, "val")
+    assert (row.start, row.end, row.split) == (0.0, 1.5, "val")  # the re-aligned bounds win over START/END
     assert row.text == '"Hi!" I\'m here.' and row.label == '"hi!" i\'m here'
 
 
