@@ -1,6 +1,7 @@
 """`python -m preprocess <command> ...` — features, inspect, synthetic."""
-import importlib
 import sys
+
+from preprocess.cli import dispatch
 
 COMMANDS = {
     "features": ("preprocess.features", "extract keypoints + tokenize text into a sealed cache"),
@@ -10,14 +11,7 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m preprocess {%s} [--help] ..." % ",".join(COMMANDS))
-        for name, (_, doc) in COMMANDS.items():
-            print(f"  {name:10s} {doc}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    return dispatch("python -m preprocess", COMMANDS, argv)
 
 
 if __name__ == "__main__":
