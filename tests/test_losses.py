@@ -230,7 +230,7 @@ def test_two_ranks_equal_one_big_batch(tmp_path):
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the two gloo workers did not finish in 180 s")
-    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     fv, ft = v.clone().requires_grad_(), t.clone().requires_grad_()
     clip = ClipLoss()(fv, ft, torch.tensor(10.0), labels)
     sup = SupConLoss(0.1)(fv, labels)
