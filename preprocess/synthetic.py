@@ -285,8 +285,17 @@ def build_lexicon(words: list[str], seed: int) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 # Signers: body, framing, tempo and style. One left-handed signer, always in training.
 # --------------------------------------------------------------------------------------------
-def make_signers(n: int, seed: int) -> list[dict]:
+def make_signers(n: int, seed: int, difficulty: float = 1.0) -> list[dict]:
+    """`difficulty` widens the spread of tempo, amplitude, style and viewpoint around the same
+    centres and multiplies jitter and missing hands (1.0 = the default corpus, byte for byte)."""
     rng = np.random.default_rng([seed, 2])
+
+    def spread(lo, hi, floor=None):
+        v = rng.uniform(lo, hi)
+        if difficulty != 1.0:
+            v = (lo + hi) / 2 + difficulty * (v - (lo + hi) / 2)
+        return v if floor is None else max(floor, v)
+
     signers = []
     for i in range(n):
         signers.append({
@@ -298,16 +307,16 @@ def make_signers(n: int, seed: int) -> list[dict]:
             "cx": round(rng.uniform(0.42, 0.58), 3),         # mid-shoulder position in the frame
             "cy": round(rng.uniform(0.40, 0.50), 3),
             "scale": round(rng.uniform(0.85, 1.25), 3),      # image units per metre
-            "speed": round(rng.uniform(0.8, 1.25), 3),
-            "amplitude": round(rng.uniform(0.7, 1.35), 3),
-            "lax": round(rng.uniform(0.0, 0.35), 3),         # handshapes drift towards relaxed
-            "yaw": round(rng.uniform(-0.3, 0.3), 3),         # camera viewpoint, radians
+            "speed": round(spread(0.8, 1.25), 3),
+            "amplitude": round(spread(0.7, 1.35), 3),
+            "lax": round(spread(0.0, 0.35, floor=0.0), 3),   # handshapes drift towards relaxed
+            "yaw": round(spread(-0.3, 0.3), 3),              # camera viewpoint, radians
             "space": rng.uniform((-0.02, -0.04, -0.04), (0.02, 0.04, 0.04)).round(3).tolist(),
-            "smooth": round(rng.uniform(0.6, 1.3), 3),       # coarticulation blur, frames
-            "noise": round(rng.uniform(0.002, 0.005), 4),    # landmark jitter, image units
-            "hand_drops": round(rng.uniform(0.5, 3.0), 3),   # missing-hand runs per 100 frames
+            "smooth": round(spread(0.6, 1.3), 3),            # coarticulation blur, frames
+            "noise": round(difficulty * rng.uniform(0.002, 0.005), 4),    # landmark jitter, image units
+            "hand_drops": round(difficulty * rng.uniform(0.5, 3.0), 3),   # missing-hand runs per 100 frames
             "rest": str(rng.choice(list(REST_POSITIONS))),
-            "head_tilt": round(rng.uniform(-0.06, 0.06), 3),  # radians
+            "head_tilt": round(spread(-0.06, 0.06), 3),      # radians
             "accent_seed": int(rng.integers(2**31)),          # per-sign personal variation
         })
     return signers
@@ -587,13 +596,17 @@ def _drop_like_mediapipe(out: np.ndarray, signer: dict, rng: np.random.Generator
 # Every signer signs every selected sentence (training signers `train_reps` times, val/test signers
 # `eval_reps` times, so that PosSim has same-sentence pairs on the held-out signer), and every
 # val/test sentence is also in training, signed by other people.
-SCALES: dict[str, dict[str, int]] = {
+SCALES: dict[str, dict] = {
     "tiny": {"sentences": 20, "max_words": 8, "signers": 6, "val_signers": 1, "test_signers": 1,
              "train_reps": 1, "eval_reps": 2},    # 140 samples: tests
     "small": {"sentences": 80, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
               "train_reps": 2, "eval_reps": 2},   # 1280 samples: the 5-minute CPU demo
     "full": {"sentences": 240, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
              "train_reps": 2, "eval_reps": 2},    # 3840 samples: the 20-minute demo
+    # harder in the ways real data is: twice the sentences (more of them share most signs), one
+    # training clip per sentence and signer, twice the signer spread, jitter and missing hands
+    "hard": {"sentences": 480, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
+             "train_reps": 1, "eval_reps": 2, "difficulty": 2.0},   # 4800 samples
 }
 TASK_NOTE = ("Splits are by signer: val and test signers never appear in training. Every val/test "
              "sentence also occurs in training, signed by other signers: the task is to recognise "
@@ -605,7 +618,7 @@ def corpus_plan(scale: str = "small", seed: int = 0) -> dict:
     signers with their split, and the list of samples (id, sentence, signer, repetition)."""
     p = SCALES[scale]
     sentences = select_sentences(p["sentences"], p["max_words"], seed)
-    signers = make_signers(p["signers"], seed)
+    signers = make_signers(p["signers"], seed, p.get("difficulty", 1.0))
     n_train = p["signers"] - p["val_signers"] - p["test_signers"]
     for i, s in enumerate(signers):
         s["split"] = "train" if i < n_train else "val" if i < n_train + p["val_signers"] else "test"

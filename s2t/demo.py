@@ -1,6 +1,6 @@
 """`make demo` / `make ablation`: the collapse and its fix, side by side, on the built-in corpus.
 
-    python -m s2t.demo [--scale tiny|small|full] [--ablation] [--fresh]
+    python -m s2t.demo [--scale tiny|small|full|hard] [--ablation] [--fresh]
 
 1. generate the synthetic corpus (preprocess.synthetic) unless it is there,
 2. build (or reuse) its cache through the real `make features` path,
@@ -100,8 +100,9 @@ def table(rows: dict[str, dict], reference: str | None = None) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2t.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", default="full", choices=["tiny", "small", "full"],
-                   help="corpus size and training budget (configs/demo/<scale>.yaml); full <= 20 min here")
+    p.add_argument("--scale", default="full", choices=["tiny", "small", "full", "hard"],
+                   help="corpus size and training budget (configs/demo/<scale>.yaml); full <= 20 min here; "
+                        "hard: a harder corpus (fewer clips per sentence, more signer spread), same budget")
     p.add_argument("--ablation", action="store_true", help="also undo each recommended change alone")
     p.add_argument("--fresh", action="store_true", help="retrain even where a finished run exists")
     p.add_argument("--data", help="corpus folder (default data/demo/<scale>)")

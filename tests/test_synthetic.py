@@ -161,3 +161,18 @@ def test_held_out_signer_repeats_sentences_so_possim_is_defined(corpora):
     rows, _ = _read(corpora["a"])
     test = [r["text"] for r in rows if r["split"] == "test"]
     assert len(test) == len(set(test)) * synthetic.SCALES["tiny"]["eval_reps"]
+
+
+def test_difficulty_widens_signer_spread_and_keeps_the_default_corpus():
+    from preprocess.synthetic import SCALES, corpus_plan, make_signers
+
+    base, hard = make_signers(8, 0), make_signers(8, 0, difficulty=2.0)
+    assert make_signers(8, 0, difficulty=1.0) == base  # the default corpus does not move
+    for key in ("speed", "amplitude", "yaw", "smooth"):
+        spread = lambda signers: np.ptp([s[key] for s in signers])  # noqa: E731
+        assert spread(hard) > 1.5 * spread(base), key
+    assert all(h["noise"] == pytest.approx(2 * b["noise"], abs=2e-4)  # both rounded to 1e-4 for h, b in zip(hard, base))
+    assert all(h["body"] == b["body"] and h["cx"] == b["cx"] for h, b in zip(hard, base))  # same bodies
+    plan = corpus_plan("hard")
+    assert SCALES["hard"]["train_reps"] == 1 and len(plan["sentences"]) == SCALES["hard"]["sentences"]
+    assert len({s for s in plan["sentences"]}) == len(plan["sentences"])
