@@ -171,7 +171,8 @@ def test_difficulty_widens_signer_spread_and_keeps_the_default_corpus():
     for key in ("speed", "amplitude", "yaw", "smooth"):
         spread = lambda signers: np.ptp([s[key] for s in signers])  # noqa: E731
         assert spread(hard) > 1.5 * spread(base), key
-    assert all(h["noise"] == pytest.approx(2 * b["noise"], abs=2e-4)  # both rounded to 1e-4 for h, b in zip(hard, base))
+    # both rounded to 1e-4
+    assert all(h["noise"] == pytest.approx(2 * b["noise"], abs=2e-4) for h, b in zip(hard, base))
     assert all(h["body"] == b["body"] and h["cx"] == b["cx"] for h, b in zip(hard, base))  # same bodies
     plan = corpus_plan("hard")
     assert SCALES["hard"]["train_reps"] == 1 and len(plan["sentences"]) == SCALES["hard"]["sentences"]
