@@ -26,15 +26,17 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .layout import COMPONENTS, COMPONENT_SLICES
+from .layout import COMPONENT_SIZES, COMPONENTS, COMPONENT_SLICES
 
 FORMAT_VERSION = 1
 FORMATS = ("zarr", "hdf5")
@@ -140,6 +142,19 @@ def _read_arrays(path: Path, fmt: str, names) -> dict[str, np.ndarray]:
 
     with h5py.File(path, "r") as f:
         return {n: f[n][...] for n in names}
+
+
+def _read_frame_range(path: Path, fmt: str, names, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows start:stop of the named arrays: only the storage chunks that hold them are read."""
+    if fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        return {n: group[n][start:stop] for n in names}
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return {n: f[n][start:stop] for n in names}
 
 
 def _array_files(shard_path: Path, fmt: str, name: str, base: Path, checksums: dict) -> list[str]:
@@ -398,6 +413,18 @@ class Cache:
             raise CacheError(f"{self.path}: index says {total} frames but shards hold {at}")
         return KeypointArrays(frames, present, offsets)
 
+    def keypoint_reader(self, components=("pose", "left_hand", "right_hand"),
+                        budget_bytes: int = 1 << 30) -> "KeypointReader":
+        """Lazy per-sample access to the keypoints, holding at most budget_bytes of decoded data."""
+        return KeypointReader(self, components, budget_bytes)
+
+    def _verified_shard_path(self, shard: dict, names) -> Path:
+        path = self.path / "keypoints" / shard["path"]
+        for name in names:
+            self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
+                         shard["files"], self.path, f"shard {shard['path']}")
+        return path
+
     def sample(self, i: int, components=COMPONENTS) -> np.ndarray:
         """One sample as a (T, 543, 3) float32 array in the full layout (slow path: inspection, tests)."""
         s = self.meta["samples"][i]
@@ -414,6 +441,93 @@ class Cache:
         for c in components:
             out[:, COMPONENT_SLICES[c]] = arrays[c][a:b]
         return out
+
+
+class KeypointReader:
+    """One sample's frames at a time, for caches larger than memory (training with `stream: true`).
+
+    A shard's frames are read in blocks of FRAME_CHUNK rows, the Zarr/HDF5 chunk size, so a block
+    is exactly the chunks the store must decode anyway; decoded blocks are kept in an LRU whose
+    bytes never exceed `budget_bytes` (the oldest blocks are dropped first). Each array's files are
+    CRC-checked the first time its shard is touched. Thread-safe: a prefetch thread and the main
+    thread may read at once. `bytes_held`, `peak_bytes` and `blocks_read` are its own accounting.
+    """
+
+    def __init__(self, cache: Cache, components, budget_bytes: int):
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
+        self.cache, self.names = cache, list(components) + ["present"]
+        self.shards = cache.meta["shards"]
+        position = {sh["shard"]: j for j, sh in enumerate(self.shards)}
+        self.shard_of = np.array([position[s["shard"]] for s in cache.meta["samples"]], dtype=np.int64)
+        self.lengths = np.asarray(cache.samples["n_frames"], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        # samples are stored shard after shard: a sample's row in its shard = global row - shard's first row
+        first = np.zeros(len(self.shards), dtype=np.int64)
+        present_shards, first_sample = np.unique(self.shard_of, return_index=True)
+        first[present_shards] = offsets[first_sample]
+        self.start = offsets[:-1] - first[self.shard_of]
+        self.shard_frames = np.bincount(self.shard_of, weights=self.lengths, minlength=len(self.shards)).astype(np.int64)
+        frame_bytes = sum(2 * 3 * COMPONENT_SIZES[c] for c in components) + len(COMPONENTS)
+        block_bytes = min(FRAME_CHUNK, int(self.shard_frames.max(initial=0))) * frame_bytes
+        if block_bytes > budget_bytes:
+            raise ValueError(f"memory budget {budget_bytes / 2**20:.1f} MB is smaller than one decoded block "
+                             f"({block_bytes / 2**20:.1f} MB); raise it")
+        self.budget = budget_bytes
+        self._blocks: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes_held = self.peak_bytes = self.blocks_read = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def read(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Sample i: ({component: (T, P, 3) float16}, present (T, 4) bool)."""
+        j, a = int(self.shard_of[i]), int(self.start[i])
+        b = a + int(self.lengths[i])
+        parts = []
+        for k in range(a // FRAME_CHUNK, (b - 1) // FRAME_CHUNK + 1):
+            block = self._block(j, k)
+            lo = max(a, k * FRAME_CHUNK) - k * FRAME_CHUNK
+            hi = min(b, (k + 1) * FRAME_CHUNK) - k * FRAME_CHUNK
+            parts.append({n: arr[lo:hi] for n, arr in block.items()})
+        out = {n: parts[0][n].copy() if len(parts) == 1 else np.concatenate([p[n] for p in parts])
+               for n in self.names}  # copies: the caller's arrays outlive the block's eviction
+        present = out.pop("present")
+        return out, present
+
+    def _block(self, j: int, k: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            key = (j, k)
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+            block = self._read_block(j, k, self.names)
+            size = sum(a.nbytes for a in block.values())
+            while self._blocks and self.bytes_held + size > self.budget:
+                _, old = self._blocks.popitem(last=False)
+                self.bytes_held -= sum(a.nbytes for a in old.values())
+            self._blocks[key] = block
+            self.bytes_held += size
+            self.peak_bytes = max(self.peak_bytes, self.bytes_held)
+            self.blocks_read += 1
+            return block
+
+    def _read_block(self, j: int, k: int, names) -> dict[str, np.ndarray]:
+        shard = self.shards[j]
+        path = self.cache._verified_shard_path(shard, names)
+        stop = min(int(self.shard_frames[j]), (k + 1) * FRAME_CHUNK)
+        return _read_frame_range(path, shard["format"], names, k * FRAME_CHUNK, stop)
+
+    def scan(self, names):
+        """Every frame of the cache in storage order, block by block, bypassing the LRU (one pass
+        for statistics): yields {name: rows} in sample order."""
+        for j in range(len(self.shards)):
+            for k in range(-(-int(self.shard_frames[j]) // FRAME_CHUNK)):
+                with self._lock:
+                    block = self._read_block(j, k, names)
+                yield block
 
 
 def open_cache(path, text: str | None = None) -> Cache:
