@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from s2t.checkpoint import load_checkpoint
 from tests.test_train import TINY
@@ -53,3 +54,74 @@ def test_torchrun_two_ranks_trains_resumes_and_only_rank0_writes(corpus, tmp_pat
     for q in ("supcon", "clip_video", "clip_text"):
         assert int(tensors[f"queue.{q}.count"]) == 96, q
         assert (tensors[f"queue.{q}.labels"][:96] >= 0).all()
+
+
+# ------------------------------------------------------------------------------------------
+# One DDP step equals one single-process step on the concatenated batch
+
+def _one_step(corpus, rows, ddp: bool):
+    """Loss and parameter gradients of one SupCon + CLIP step on samples `rows` (no dropout, no
+    augmentation, no queue: nothing random), the model wrapped in DDP when `ddp`."""
+    from s2t.checkpoint import build_model
+    from s2t.data import KeypointData
+    from s2t.train import Losses
+    from tests.test_train import tiny_cfg
+
+    torch.set_num_threads(1)
+    cfg = tiny_cfg("dropout=0.0", "augment.enabled=false", "loss_weights.ce=0.0", "queue_size=0")
+    data = KeypointData(corpus, cfg)
+    info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
+    torch.manual_seed(0)  # the same initial weights everywhere
+    model, _ = build_model(cfg, info)
+    model.encoder.set_input_stats(*data.feature_stats("train"))
+    losses = Losses(cfg, data.vocab, "cpu")
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if ddp else model
+    batch = data.batch(rows)
+    out = net(batch.x, batch.mask, None, batch.text_emb, heads=losses.heads())
+    total, parts = losses(out, batch)
+    total.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"total": total.detach(), **{k: v.detach() for k, v in parts.items()}}, grads
+
+
+def _ddp_worker(rank, world, init_file, corpus, rows, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    n = len(rows) // world
+    values, grads = _one_step(corpus, rows[rank * n:(rank + 1) * n], ddp=True)
+    torch.save({"values": values, "grads": grads}, f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_one_ddp_step_equals_one_big_batch_step(corpus, tmp_path):
+    """SupCon + CLIP through the real model, DDP on 2 gloo processes: the mean of the ranks' losses
+    is the single-process loss on the concatenated batch, and the parameter gradients (after DDP's
+    average) are its gradients - not world-size times them, though each rank's features got the
+    gradient of every rank's loss through gather_with_grad."""
+    import time
+
+    import numpy as np
+    import torch.multiprocessing as mp
+
+    from s2t.data import KeypointData
+    from tests.test_train import tiny_cfg
+
+    train_rows = KeypointData(corpus, tiny_cfg()).rows("train")
+    rows = np.random.default_rng(0).permutation(train_rows)[:32]  # positives within and across ranks
+    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(corpus), rows, str(tmp_path)),
+                             nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two gloo workers did not finish in 180 s")
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    values, grads = _one_step(str(corpus), rows, ddp=False)
+    for key in ("total", "supcon", "clip"):
+        mean = (ranks[0]["values"][key] + ranks[1]["values"][key]) / 2
+        torch.testing.assert_close(mean, values[key], rtol=1e-4, atol=1e-5)
+    assert set(ranks[0]["grads"]) == set(grads) and len(grads) > 10
+    for name, g in grads.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], g, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(ranks[1]["grads"][name], ranks[0]["grads"][name], msg=name)
