@@ -116,10 +116,22 @@ def _warn_no_flock(folder: str, error: str) -> None:  # once per folder and work
           file=sys.stderr)
 
 
+@contextmanager
+def _no_lock():
+    yield True
+
+
+def _lock(cache_dir, index: int, blocking: bool = True):
+    """shard_lock for a local (or mounted) cache. A cache at a URL has no flock (object stores
+    have no locks): its shards rely on the marker written last alone, as a cache on a file system
+    without flock does (see shard_lock)."""
+    return _no_lock() if store.is_url(cache_dir) else shard_lock(cache_dir, index, blocking)
+
+
 def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, default_fps: float) -> dict:
     """Worker: extract the rows of one shard and seal it. Bad inputs become failures, never crashes."""
-    with shard_lock(Path(cache_dir), index):
-        marker = store.read_shard_marker(Path(cache_dir), index)
+    with _lock(store.location(cache_dir), index):
+        marker = store.read_shard_marker(store.location(cache_dir), index)
         if marker is not None:  # sealed meanwhile by a worker of an earlier, killed run
             return {"shard": index, "n": len(rows), "failures": len(marker["failures"]), "t_extract": 0.0,
                     "t_write": 0.0, "frames": sum(s["n_frames"] for s in marker["samples"])}
@@ -144,7 +156,7 @@ def _extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps,
             failures.append({"id": r.id, "path": str(r.path), "row": r.row, "reason": reason,
                              "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
     t1 = time.perf_counter()
-    marker = store.write_keypoint_shard(Path(cache_dir), index, fmt, samples, keypoints, failures)
+    marker = store.write_keypoint_shard(store.location(cache_dir), index, fmt, samples, keypoints, failures)
     # extraction vs store time, so the benchmark can show what the cache costs
     return {"shard": index, "n": len(rows), "failures": len(failures), "t_extract": t1 - t0,
             "t_write": time.perf_counter() - t1, "frames": sum(s["n_frames"] for s in marker["samples"])}
@@ -160,7 +172,7 @@ def _clean_unfinished(cache_dir: Path) -> None:
         if p.suffix in (".json", ".lock") and ".tmp-" not in p.name:
             continue
         index = int(p.name[len("shard-"):].split(".")[0])
-        with shard_lock(cache_dir, index, blocking=False) as mine:
+        with _lock(cache_dir, index, blocking=False) as mine:
             if mine and (".tmp-" in p.name or store.read_shard_marker(cache_dir, index) is None):
                 store._remove(p)
 
@@ -250,7 +262,8 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
                          "weights": weights_hash(tx["text_model"])})
     path = store.text_store_dir(cache_dir, fingerprint)
     if (path / store.TEXT_INDEX).exists():
-        os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
+        if not store.is_url(path):  # (objects cannot be touched: at a URL, pass the text store by name)
+            os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
         return path, True
     input_ids, lengths = tokenize(tokenizer, annotations["text"], tx["max_length"])
     # the corpus repeats sentences many times: embed each distinct sentence once
@@ -294,7 +307,7 @@ def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFI
     rows = read_manifest(manifest, preset=preset)
     versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
     fingerprint = keypoint_fingerprint(rows, kp, versions)
-    cache_dir = Path(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
+    cache_dir = store.location(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
     reused_kp = (cache_dir / store.KEYPOINT_INDEX).exists()
     timings = {}
     if not reused_kp:
@@ -312,7 +325,8 @@ def main(argv=None) -> int:
                     "and tokenize the sentences into a sealed cache folder CACHE/<manifest>-<fingerprint>/. "
                     "Running it again on the same inputs reuses the cache; an interrupted run resumes.")
     p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL with id, path, text [, split, signer, label, fps]")
-    p.add_argument("--out", default="cache", help="folder that holds caches (default: cache/)")
+    p.add_argument("--out", default="cache",
+                   help="folder that holds caches (default: cache/); or an fsspec URL (file://, s3://, ...; zarr only)")
     p.add_argument("--preset", choices=["how2sign", "phoenix"], help="read a public dataset's own manifest layout")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="feature settings YAML (default: %(default)s)")
     p.add_argument("--format", choices=store.FORMATS, help="store format (overrides the config)")

@@ -281,13 +281,13 @@ class KeypointData:
 
     def __init__(self, cache_dir, cfg, device="cpu", vocab: Vocab | None = None):
         from preprocess.manifest import normalise_text
-        from preprocess.store import open_cache
+        from preprocess.store import is_url, location, open_cache
 
         self.cfg, self.components = cfg, list(cfg.components)
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.cache_dir = str(Path(cache_dir).resolve())
+        self.cache_dir = str(cache_dir) if is_url(location(cache_dir)) else str(Path(cache_dir).resolve())
         cache = open_cache(cache_dir, text=cfg.text_store)
         s = cache.samples
         if "text" not in s:

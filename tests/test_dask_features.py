@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from preprocess.features import build_cache
 from preprocess.layout import COMPONENTS
@@ -54,6 +55,25 @@ def test_dask_cluster_builds_the_same_cache_as_local_workers(tmp_path, cluster):
     workers = set(client.scheduler_info()["workers"])
     client.close()
     assert len(tasks) == 4 and {t["worker"] for t in tasks} <= workers and len(workers) == 2
+
+
+def test_dask_workers_write_a_cache_at_a_url_the_trainer_reads(tmp_path, cluster):
+    """--out file://...: the worker processes write their shards through fsspec, the driver the
+    index; the cache equals a local one and the trainer's data loads from the URL."""
+    from s2t.data import KeypointData
+    from tests.test_train import tiny_cfg
+
+    manifest, _ = write_npy_corpus(tmp_path / "data", 8)
+    local = build_cache(manifest, tmp_path / "local", shard_size=3, jobs=1, progress=False)
+    url = build_cache(manifest, f"file://{tmp_path}/remote", shard_size=3, progress=False,
+                      backend="dask", scheduler=cluster.scheduler_address)
+    assert str(url.path) == f"file://{tmp_path}/remote/{local.path.name}"
+    assert _shard_markers(local.path) == _shard_markers(tmp_path / "remote" / local.path.name)
+    a = KeypointData(local.path, tiny_cfg("samples_per_label=1"))
+    b = KeypointData(str(url.path), tiny_cfg("samples_per_label=1"))
+    assert b.cache_dir == str(url.path)
+    torch.testing.assert_close(a.points, b.points, rtol=0, atol=0, equal_nan=True)  # NaN: undetected hands
+    assert torch.equal(a.tokens, b.tokens)
 
 
 def test_cli_runs_on_a_scheduler_and_resumes_there(tmp_path, cluster):
