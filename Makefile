@@ -57,6 +57,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_scaling.py
 
 clean-venv:
 	rm -rf .venv
