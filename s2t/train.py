@@ -1,6 +1,7 @@
 """`python -m s2t train`: SupCon + CLIP + caption cross-entropy on a feature cache.
 
-Plain PyTorch, top to bottom: load the cache into memory -> build the model -> loop over
+Plain PyTorch, top to bottom: load the cache into memory (or, with `stream: true`, read it batch
+by batch under `memory_budget_mb`: caches larger than memory) -> build the model -> loop over
 optimizer steps (accumulating micro-batches) -> validate / log / checkpoint. Resume restores
 everything that decides the next step (weights, AdamW moments, GradScaler, sampler position,
 augmentation and dropout RNG, memory queues), so a resumed run repeats the uninterrupted one.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import preprocess.store as store
-from preprocess.layout import COMPONENT_SLICES, POSE_INDEX
+from preprocess.layout import POSE_INDEX
 from preprocess.text import load_tokenizer, tokenize
 from s2t.data import BatchFeed, KeypointData, PKBatchSampler, StreamingKeypointData
 from tests.test_train import SENTENCES, make_corpus, synthetic_sample, tiny_cfg
