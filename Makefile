@@ -9,6 +9,8 @@ SPLIT     ?= test
 BEAM      ?= 4
 JOBS      ?=
 FORMAT    ?= zarr
+BACKEND   ?= loky
+SCHEDULER ?=
 RESUME    ?=
 DEMO_SCALE ?= full
 MESSI     := /usr/share/doc/opencv-doc/examples/data/messi5.jpg
@@ -34,7 +36,8 @@ $(MESSI):
 features: setup
 	@if [ "$(MANIFEST)" = "data/demo/small/manifest.csv" ] && [ ! -f $(MANIFEST) ]; then \
 	  $(PY) -m preprocess synthetic --out data/demo/small --scale small; fi
-	$(PY) -m preprocess features --manifest $(MANIFEST) --out $(CACHE) --format $(FORMAT) $(if $(JOBS),--jobs $(JOBS))
+	$(PY) -m preprocess features --manifest $(MANIFEST) --out $(CACHE) --format $(FORMAT) $(if $(JOBS),--jobs $(JOBS)) \
+	  --backend $(BACKEND) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 train: setup
 	$(PY) -m s2t train --cache $(CACHE) --config $(CONFIG) --run $(RUN) $(if $(RESUME),--resume)
@@ -54,6 +57,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_scaling.py
 
 clean-venv:
 	rm -rf .venv

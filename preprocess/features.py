@@ -4,11 +4,18 @@ Keypoints are the expensive part (~25 frames/s per core): they are written in sh
 workers, each shard sealed atomically, so a killed run resumes with the shards it had finished.
 Text (tokenizer ids + frozen sentence embeddings) is cheap and lives in its own store with its
 own fingerprint, so changing the text model never re-extracts a video.
+
+Where the workers run is joblib's business: local processes (loky, the default) or a Dask
+cluster (joblib's Dask backend; `--backend dask --scheduler tcp://host:8786`). Dask workers write
+sealed shards straight to the cache folder, which must be on storage they all see; the index is
+written once, at the end, by this (the driver) process.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +34,7 @@ from . import store
 from .manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("loky", "dask")
 DEFAULT_CONFIG = ROOT / "configs" / "features" / "default.yaml"
 
 
@@ -75,7 +83,12 @@ def keypoint_fingerprint(rows, kp_settings: dict, versions: dict) -> str:
 @contextmanager
 def shard_lock(cache_dir: Path, index: int, blocking: bool = True):
     """Exclusive lock on one shard. Workers of a killed run can outlive their parent (loky keeps
-    running queued tasks), so a new run must never write, or clean up, a shard they still hold."""
+    running queued tasks), so a new run must never write, or clean up, a shard they still hold.
+
+    flock works on local disks and on shared file systems that support it (NFS, Lustre mounted
+    with -o flock). Where the file system refuses it, the lock is skipped: shards then rely on
+    write-to-temp-name + rename + marker sealing alone, which keeps readers from ever seeing a half
+    shard but no longer stops a zombie worker of a killed run from racing a new one on the same shard."""
     path = Path(cache_dir) / "keypoints" / f"shard-{index:05d}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -84,16 +97,41 @@ def shard_lock(cache_dir: Path, index: int, blocking: bool = True):
         except BlockingIOError:
             yield False
             return
+        except OSError as e:  # ENOLCK / EOPNOTSUPP: a shared file system without flock
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            _warn_no_flock(str(path.parent), e.strerror)
+            yield True
+            return
         try:
             yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_no_flock(folder: str, error: str) -> None:  # once per folder and worker process
+    print(f"warning: {folder} does not support flock ({error}); shards are protected by "
+          "their commit markers only: do not start a second run while workers of a killed one live on",
+          file=sys.stderr)
+
+
+@contextmanager
+def _no_lock():
+    yield True
+
+
+def _lock(cache_dir, index: int, blocking: bool = True):
+    """shard_lock for a local (or mounted) cache. A cache at a URL has no flock (object stores
+    have no locks): its shards rely on the marker written last alone, as a cache on a file system
+    without flock does (see shard_lock)."""
+    return _no_lock() if store.is_url(cache_dir) else shard_lock(cache_dir, index, blocking)
+
+
 def extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps, default_fps: float) -> dict:
     """Worker: extract the rows of one shard and seal it. Bad inputs become failures, never crashes."""
-    with shard_lock(Path(cache_dir), index):
-        marker = store.read_shard_marker(Path(cache_dir), index)
+    with _lock(store.location(cache_dir), index):
+        marker = store.read_shard_marker(store.location(cache_dir), index)
         if marker is not None:  # sealed meanwhile by a worker of an earlier, killed run
             return {"shard": index, "n": len(rows), "failures": len(marker["failures"]), "t_extract": 0.0,
                     "t_write": 0.0, "frames": sum(s["n_frames"] for s in marker["samples"])}
@@ -118,7 +156,7 @@ def _extract_shard(cache_dir: str, index: int, fmt: str, rows: list, target_fps,
             failures.append({"id": r.id, "path": str(r.path), "row": r.row, "reason": reason,
                              "where": traceback.format_exc(limit=1).strip().splitlines()[-1]})
     t1 = time.perf_counter()
-    marker = store.write_keypoint_shard(Path(cache_dir), index, fmt, samples, keypoints, failures)
+    marker = store.write_keypoint_shard(store.location(cache_dir), index, fmt, samples, keypoints, failures)
     # extraction vs store time, so the benchmark can show what the cache costs
     return {"shard": index, "n": len(rows), "failures": len(failures), "t_extract": t1 - t0,
             "t_write": time.perf_counter() - t1, "frames": sum(s["n_frames"] for s in marker["samples"])}
@@ -134,13 +172,43 @@ def _clean_unfinished(cache_dir: Path) -> None:
         if p.suffix in (".json", ".lock") and ".tmp-" not in p.name:
             continue
         index = int(p.name[len("shard-"):].split(".")[0])
-        with shard_lock(cache_dir, index, blocking=False) as mine:
+        with _lock(cache_dir, index, blocking=False) as mine:
             if mine and (".tmp-" in p.name or store.read_shard_marker(cache_dir, index) is None):
                 store._remove(p)
 
 
-def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions: dict, jobs: int,
-                    progress: bool = True) -> dict:
+@contextmanager
+def extraction_backend(backend: str = "loky", scheduler: str | None = None, jobs: int | None = None):
+    """joblib's backend for the shard workers, as a context; yields the n_jobs to give Parallel.
+
+    loky: `jobs` local processes. dask: the workers of the Dask cluster whose scheduler address is
+    `scheduler` (tcp://host:8786), or without one a LocalCluster of `jobs` single-threaded worker
+    processes on this machine. The Dask workers must see the cache folder at the same path."""
+    from joblib import parallel_config
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "loky":
+        if scheduler:
+            raise ValueError("--scheduler is for --backend dask")
+        with parallel_config(backend="loky"):
+            yield jobs or os.cpu_count() or 1
+        return
+    from distributed import Client, LocalCluster
+
+    # one thread per worker: a shard is CPU-bound Python + TFLite, threads would share one GIL
+    cluster = None if scheduler else LocalCluster(n_workers=jobs or os.cpu_count() or 1, threads_per_worker=1,
+                                                  processes=True, dashboard_address=None)
+    try:
+        with Client(scheduler or cluster) as client, parallel_config(backend="dask", client=client):
+            yield -1  # joblib's Dask backend runs on every worker thread of the cluster
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions: dict, jobs: int | None,
+                    progress: bool = True, backend: str = "loky", scheduler: str | None = None) -> dict:
     from joblib import Parallel, delayed
     from tqdm import tqdm
 
@@ -155,8 +223,9 @@ def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions:
     t0 = time.perf_counter()
     frames, timings = 0, []
     with tqdm(total=sum(len(chunks[i]) for i in todo), unit="sample", desc="keypoints",
-              disable=not progress) as bar:
-        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+              disable=not progress) as bar, extraction_backend(backend, scheduler, jobs) as n_jobs:
+        # one shard per task (batch_size=1): shards are already coarse, and a lost worker costs one
+        results = Parallel(n_jobs=n_jobs, batch_size=1, return_as="generator_unordered")(
             delayed(extract_shard)(str(cache_dir), i, kp["format"], chunks[i], kp["fps"], kp["default_fps"])
             for i in todo)
         for res in results:
@@ -193,7 +262,8 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
                          "weights": weights_hash(tx["text_model"])})
     path = store.text_store_dir(cache_dir, fingerprint)
     if (path / store.TEXT_INDEX).exists():
-        os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
+        if not store.is_url(path):  # (objects cannot be touched: at a URL, pass the text store by name)
+            os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
         return path, True
     input_ids, lengths = tokenize(tokenizer, annotations["text"], tx["max_length"])
     # the corpus repeats sentences many times: embed each distinct sentence once
@@ -227,19 +297,22 @@ class BuildResult:
 
 
 def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFIG, jobs: int | None = None,
-                progress: bool = True, **overrides) -> BuildResult:
-    """Build (or reuse, or finish) the cache for a manifest. Returns where it is and what was reused."""
+                progress: bool = True, backend: str = "loky", scheduler: str | None = None,
+                **overrides) -> BuildResult:
+    """Build (or reuse, or finish) the cache for a manifest. Returns where it is and what was reused.
+    backend/scheduler say where the keypoint workers run (see extraction_backend); they are not part
+    of the fingerprint: every backend writes the same cache."""
     cfg = load_settings(config, **overrides)
     kp, tx = cfg["keypoints"], cfg["text"]
     rows = read_manifest(manifest, preset=preset)
     versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
     fingerprint = keypoint_fingerprint(rows, kp, versions)
-    cache_dir = Path(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
+    cache_dir = store.location(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
     reused_kp = (cache_dir / store.KEYPOINT_INDEX).exists()
     timings = {}
     if not reused_kp:
-        timings = build_keypoints(rows, cache_dir, kp, fingerprint, versions, jobs or os.cpu_count() or 1,
-                                  progress)["timings"]
+        timings = build_keypoints(rows, cache_dir, kp, fingerprint, versions, jobs, progress,
+                                  backend=backend, scheduler=scheduler)["timings"]
     _, reused_text = build_text(rows, cache_dir, tx, kp["format"], progress)
     cache = store.open_cache(cache_dir)
     return BuildResult(cache_dir, reused_kp, reused_text, cache.n, cache.failures, timings)
@@ -252,7 +325,8 @@ def main(argv=None) -> int:
                     "and tokenize the sentences into a sealed cache folder CACHE/<manifest>-<fingerprint>/. "
                     "Running it again on the same inputs reuses the cache; an interrupted run resumes.")
     p.add_argument("--manifest", required=True, help="CSV/TSV/JSONL with id, path, text [, split, signer, label, fps]")
-    p.add_argument("--out", default="cache", help="folder that holds caches (default: cache/)")
+    p.add_argument("--out", default="cache",
+                   help="folder that holds caches (default: cache/); or an fsspec URL (file://, s3://, ...; zarr only)")
     p.add_argument("--preset", choices=["how2sign", "phoenix"], help="read a public dataset's own manifest layout")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="feature settings YAML (default: %(default)s)")
     p.add_argument("--format", choices=store.FORMATS, help="store format (overrides the config)")
@@ -261,10 +335,20 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", help="HF id or folder of the tokenizer (default: offline DistilBERT-uncased vocab)")
     p.add_argument("--text-model", dest="text_model", help="HF id or folder of the sentence encoder")
     p.add_argument("--max-length", type=int, dest="max_length", help="tokens per sentence")
-    p.add_argument("--jobs", type=int, default=None, help="parallel workers (default: all cores)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="parallel workers (default: all cores); with --backend dask and no --scheduler, "
+                        "the number of local Dask worker processes")
+    p.add_argument("--backend", choices=BACKENDS, default="loky",
+                   help="where keypoint workers run: loky = local processes (default), dask = a Dask cluster "
+                        "(joblib's Dask backend); workers write shards straight to --out, which they must see")
+    p.add_argument("--scheduler", help="Dask scheduler address for --backend dask, e.g. tcp://host:8786 "
+                                       "(default: start a LocalCluster of --jobs worker processes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    if a.scheduler and a.backend != "dask":
+        p.error("--scheduler needs --backend dask")
     res = build_cache(a.manifest, a.out, preset=a.preset, config=a.config, jobs=a.jobs, progress=not a.quiet,
+                      backend=a.backend, scheduler=a.scheduler,
                       format=a.format, fps=a.fps, shard_size=a.shard_size, tokenizer=a.tokenizer,
                       text_model=a.text_model, max_length=a.max_length)
     if res.reused_keypoints and res.reused_text:

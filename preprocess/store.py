@@ -19,6 +19,12 @@ Crash safety: a shard is written under a temporary name and renamed, then its JS
 written the same way; a shard without a marker does not exist. The index is written only when
 every shard is sealed. Damage after sealing is caught by CRC32 checksums of every file,
 checked (by size) when a cache is opened and (by content) when an array is read.
+
+Where: a local path, or any fsspec URL (file://, s3://, gs://, memory://...; Zarr only), handled
+through universal_pathlib's UPath, which has pathlib's API. Object stores have no atomic rename:
+at a URL, shard data and text stores are written straight under their final names, and what
+makes them visible is the same as locally, the marker or index written last in one piece (a
+single PUT). HDF5 stores are local only.
 """
 from __future__ import annotations
 
@@ -26,15 +32,18 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from upath import UPath
 
-from .layout import COMPONENTS, COMPONENT_SLICES
+from .layout import COMPONENT_SIZES, COMPONENTS, COMPONENT_SLICES
 
 FORMAT_VERSION = 1
 FORMATS = ("zarr", "hdf5")
@@ -48,11 +57,28 @@ class CacheError(RuntimeError):
     """A cache that is missing, unsealed, of another version, or damaged."""
 
 
+def location(where) -> Path | UPath:
+    """A cache folder or a file in one: a local path (str or Path) as a Path, an fsspec URL
+    (file://, s3://, memory://, ...) as a UPath."""
+    if isinstance(where, (Path, UPath)):
+        return where
+    return UPath(str(where)) if "://" in str(where) else Path(where)
+
+
+def is_url(path) -> bool:
+    """True for a cache at a URL: no atomic rename, no fsync, no flock; marker sealing only."""
+    return not isinstance(path, Path)  # (UPath of a plain local path is a Path too)
+
+
+def _tmp_name(path):
+    return path.with_name(path.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 # ----------------------------------------------------------------------------- file helpers
 
 def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
     crc = 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while block := f.read(chunk):
             crc = zlib.crc32(block, crc)
     return crc
@@ -61,7 +87,7 @@ def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
 def _file_checksums(root: Path, base: Path) -> dict[str, list[int]]:
     """{relative path: [size, crc32]} of every file under root (a folder or one file)."""
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(base)): [p.stat().st_size, crc32_file(p)] for p in files}
+    return {p.relative_to(base).as_posix(): [p.stat().st_size, crc32_file(p)] for p in files}
 
 
 def _body_checksum(obj: dict) -> str:
@@ -73,7 +99,10 @@ def write_json_atomic(path: Path, obj) -> None:
     (`checksum`), so a damaged index or marker is refused instead of silently trusted."""
     if isinstance(obj, dict):
         obj = {**obj, "checksum": _body_checksum(obj)}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    if is_url(path):  # one PUT: an object appears whole or not at all
+        path.write_text(json.dumps(obj, indent=1))
+        return
+    tmp = _tmp_name(path)
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.flush()
@@ -84,7 +113,7 @@ def write_json_atomic(path: Path, obj) -> None:
 def read_json_checked(path: Path, what: str) -> dict:
     """A JSON file written by write_json_atomic, with its checksum verified."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = json.loads(location(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{path}: {what} is damaged (not valid JSON: {e})") from e
     stored = obj.pop("checksum", None)
@@ -94,7 +123,10 @@ def read_json_checked(path: Path, what: str) -> dict:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if is_url(path):
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+    elif path.is_dir():
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
@@ -102,13 +134,31 @@ def _remove(path: Path) -> None:
 
 # ----------------------------------------------------------------------------- array back-ends
 
+def _zarr_store(path, read_only: bool = False):
+    """A local folder as is; a URL through Zarr's own fsspec store."""
+    if not is_url(path):
+        return str(path)
+    from zarr.storage import FsspecStore
+
+    options = dict(path.storage_options)
+    if path.protocol in ("file", "local"):
+        options.setdefault("auto_mkdir", True)  # object stores need no folders; a file system does
+    return FsspecStore.from_url(str(path), storage_options=options, read_only=read_only)
+
+
+def _local_hdf5(path) -> None:
+    if is_url(path):
+        raise CacheError(f"{path}: HDF5 caches must be on a local (or mounted shared) file system; "
+                         "use --format zarr for a cache at a URL")
+
+
 def _write_arrays(path: Path, fmt: str, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
     """Write named arrays into a new Zarr v3 group or HDF5 file at `path` (which must not exist)."""
     if fmt == "zarr":
         import zarr
         from zarr.codecs import BloscCodec
 
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        group = zarr.open_group(_zarr_store(path), mode="w-", zarr_format=3)
         for name, arr in arrays.items():
             chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:]
             # lz4 via blosc: decompresses at GB/s, so loading a cache is bound by the disk, not the codec
@@ -119,6 +169,7 @@ def _write_arrays(path: Path, fmt: str, arrays: dict[str, np.ndarray], attrs: di
     elif fmt == "hdf5":
         import h5py
 
+        _local_hdf5(path)
         with h5py.File(path, "w-") as f:
             for name, arr in arrays.items():
                 chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:] if arr.size else None
@@ -134,19 +185,34 @@ def _read_arrays(path: Path, fmt: str, names) -> dict[str, np.ndarray]:
     if fmt == "zarr":
         import zarr
 
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
         return {n: group[n][...] for n in names}
     import h5py
 
+    _local_hdf5(path)
     with h5py.File(path, "r") as f:
         return {n: f[n][...] for n in names}
+
+
+def _read_frame_range(path: Path, fmt: str, names, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Rows start:stop of the named arrays: only the storage chunks that hold them are read."""
+    if fmt == "zarr":
+        import zarr
+
+        group = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
+        return {n: group[n][start:stop] for n in names}
+    import h5py
+
+    _local_hdf5(path)
+    with h5py.File(path, "r") as f:
+        return {n: f[n][start:stop] for n in names}
 
 
 def _array_files(shard_path: Path, fmt: str, name: str, base: Path, checksums: dict) -> list[str]:
     """The checksummed files that hold array `name` of a shard (HDF5: the one file)."""
     if fmt == "hdf5":
-        return [str(shard_path.relative_to(base))]
-    prefix = str((shard_path / name).relative_to(base)) + os.sep
+        return [shard_path.relative_to(base).as_posix()]
+    prefix = (shard_path / name).relative_to(base).as_posix() + "/"
     files = [p for p in checksums if p.startswith(prefix)]
     if not files:
         raise CacheError(f"{base}: shard {shard_path.name} is damaged: array {name!r} has no files")
@@ -160,19 +226,20 @@ def shard_name(index: int, fmt: str) -> str:
 
 
 def shard_marker(cache_dir: Path, index: int) -> Path:
-    return Path(cache_dir) / "keypoints" / f"shard-{index:05d}.json"
+    return location(cache_dir) / "keypoints" / f"shard-{index:05d}.json"
 
 
 def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[dict],
                          keypoints: list[np.ndarray], failures: list[dict]) -> dict:
     """Write one shard atomically and return its marker. samples[i] = {"id", "row", "fps"},
     keypoints[i] = (T, 543, 3) array with NaN for missing points; failures = [{"id", "path", "reason"}]."""
-    cache_dir = Path(cache_dir)
+    cache_dir = location(cache_dir)
     (cache_dir / "keypoints").mkdir(parents=True, exist_ok=True)
     final = cache_dir / "keypoints" / shard_name(index, fmt)
     if shard_marker(cache_dir, index).exists():
         raise CacheError(f"{final}: shard {index} is already sealed; refusing to overwrite it")
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    # at a URL there is no atomic rename: write in place, the marker alone makes the shard exist
+    tmp = final if is_url(cache_dir) else _tmp_name(final)
     _remove(final)  # data without a marker is an unfinished earlier attempt (callers hold the shard lock)
 
     lengths = np.array([len(k) for k in keypoints], dtype=np.int64)
@@ -187,7 +254,8 @@ def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[di
     arrays["present"] = present
     arrays["offsets"] = offsets
     _write_arrays(tmp, fmt, arrays)
-    os.replace(tmp, final)
+    if tmp != final:
+        os.replace(tmp, final)
 
     marker = {
         "format_version": FORMAT_VERSION, "shard": index, "format": fmt, "path": final.name,
@@ -210,16 +278,20 @@ def read_shard_marker(cache_dir: Path, index: int) -> dict | None:
 
 def seal_keypoints(cache_dir: Path, n_shards: int, meta: dict) -> dict:
     """Write the index once every shard is sealed; returns it. meta: fingerprint, settings, versions."""
-    cache_dir = Path(cache_dir)
+    cache_dir = location(cache_dir)
     markers = [read_shard_marker(cache_dir, i) for i in range(n_shards)]
     missing = [i for i, m in enumerate(markers) if m is None]
     if missing:
         raise CacheError(f"{cache_dir}: cannot seal, shards {missing[:10]} are not finished")
     samples = [s | {"shard": m["shard"]} for m in markers for s in m["samples"]]
     failures = [f for m in markers for f in m["failures"]]
-    with open(cache_dir / (FAILURES + ".tmp"), "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in failures)
-    os.replace(cache_dir / (FAILURES + ".tmp"), cache_dir / FAILURES)
+    lines = "".join(json.dumps(x) + "\n" for x in failures)
+    if is_url(cache_dir):
+        (cache_dir / FAILURES).write_text(lines)
+    else:
+        with open(cache_dir / (FAILURES + ".tmp"), "w") as f:
+            f.write(lines)
+        os.replace(cache_dir / (FAILURES + ".tmp"), cache_dir / FAILURES)
     index = {
         "format_version": FORMAT_VERSION, **meta,
         "n_samples": len(samples), "n_failures": len(failures),
@@ -235,7 +307,7 @@ def seal_keypoints(cache_dir: Path, n_shards: int, meta: dict) -> dict:
 # ----------------------------------------------------------------------------- text stores
 
 def text_store_dir(cache_dir: Path, fingerprint: str) -> Path:
-    return Path(cache_dir) / f"text-{fingerprint[:12]}"
+    return location(cache_dir) / f"text-{fingerprint[:12]}"
 
 
 def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
@@ -243,7 +315,8 @@ def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: d
     """Write a sealed text store aligned with the keypoint samples (row i = sample i).
     annotations: per-sample columns id, text, split, signer, label."""
     final = text_store_dir(cache_dir, fingerprint)
-    tmp = final.with_name(final.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    # at a URL: written in place, text.json (written last) seals it
+    tmp = final if is_url(final) else _tmp_name(final)
     _remove(tmp)
     tmp.mkdir(parents=True)
     data = tmp / ("text.zarr" if fmt == "zarr" else "text.h5")
@@ -254,8 +327,9 @@ def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: d
              "n_samples": int(len(input_ids)), "annotations": annotations,
              "files": _file_checksums(data, tmp)}
     write_json_atomic(tmp / TEXT_INDEX, index)
-    _remove(final)
-    os.replace(tmp, final)
+    if tmp != final:
+        _remove(final)
+        os.replace(tmp, final)
     return final
 
 
@@ -282,7 +356,7 @@ class Cache:
     """A sealed cache opened for reading. Use open_cache()."""
 
     def __init__(self, path: Path, text: str | None = None):
-        self.path = Path(path)
+        self.path = location(path)
         index_path = self.path / KEYPOINT_INDEX
         if not index_path.exists():
             raise CacheError(f"{self.path}: not a sealed cache (no {KEYPOINT_INDEX}); "
@@ -329,7 +403,9 @@ class Cache:
         if not self.text_names:
             return None
         # several text settings: the most recently sealed one is the default
-        return max(self.text_names, key=lambda n: (self.path / n / TEXT_INDEX).stat().st_mtime_ns)
+        # (at a URL whose store keeps no modification times, pass text= to choose)
+        stamp = (lambda st: st.st_mtime) if is_url(self.path) else (lambda st: st.st_mtime_ns)
+        return max(self.text_names, key=lambda n: stamp((self.path / n / TEXT_INDEX).stat()))
 
     def _sample_table(self) -> dict[str, np.ndarray]:
         rows = self.meta["samples"]
@@ -398,6 +474,18 @@ class Cache:
             raise CacheError(f"{self.path}: index says {total} frames but shards hold {at}")
         return KeypointArrays(frames, present, offsets)
 
+    def keypoint_reader(self, components=("pose", "left_hand", "right_hand"),
+                        budget_bytes: int = 1 << 30) -> "KeypointReader":
+        """Lazy per-sample access to the keypoints, holding at most budget_bytes of decoded data."""
+        return KeypointReader(self, components, budget_bytes)
+
+    def _verified_shard_path(self, shard: dict, names) -> Path:
+        path = self.path / "keypoints" / shard["path"]
+        for name in names:
+            self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
+                         shard["files"], self.path, f"shard {shard['path']}")
+        return path
+
     def sample(self, i: int, components=COMPONENTS) -> np.ndarray:
         """One sample as a (T, 543, 3) float32 array in the full layout (slow path: inspection, tests)."""
         s = self.meta["samples"][i]
@@ -416,9 +504,96 @@ class Cache:
         return out
 
 
+class KeypointReader:
+    """One sample's frames at a time, for caches larger than memory (training with `stream: true`).
+
+    A shard's frames are read in blocks of FRAME_CHUNK rows, the Zarr/HDF5 chunk size, so a block
+    is exactly the chunks the store must decode anyway; decoded blocks are kept in an LRU whose
+    bytes never exceed `budget_bytes` (the oldest blocks are dropped first). Each array's files are
+    CRC-checked the first time its shard is touched. Thread-safe: a prefetch thread and the main
+    thread may read at once. `bytes_held`, `peak_bytes` and `blocks_read` are its own accounting.
+    """
+
+    def __init__(self, cache: Cache, components, budget_bytes: int):
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
+        self.cache, self.names = cache, list(components) + ["present"]
+        self.shards = cache.meta["shards"]
+        position = {sh["shard"]: j for j, sh in enumerate(self.shards)}
+        self.shard_of = np.array([position[s["shard"]] for s in cache.meta["samples"]], dtype=np.int64)
+        self.lengths = np.asarray(cache.samples["n_frames"], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        # samples are stored shard after shard: a sample's row in its shard = global row - shard's first row
+        first = np.zeros(len(self.shards), dtype=np.int64)
+        present_shards, first_sample = np.unique(self.shard_of, return_index=True)
+        first[present_shards] = offsets[first_sample]
+        self.start = offsets[:-1] - first[self.shard_of]
+        self.shard_frames = np.bincount(self.shard_of, weights=self.lengths, minlength=len(self.shards)).astype(np.int64)
+        frame_bytes = sum(2 * 3 * COMPONENT_SIZES[c] for c in components) + len(COMPONENTS)
+        block_bytes = min(FRAME_CHUNK, int(self.shard_frames.max(initial=0))) * frame_bytes
+        if block_bytes > budget_bytes:
+            raise ValueError(f"memory budget {budget_bytes / 2**20:.1f} MB is smaller than one decoded block "
+                             f"({block_bytes / 2**20:.1f} MB); raise it")
+        self.budget = budget_bytes
+        self._blocks: OrderedDict[tuple[int, int], dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes_held = self.peak_bytes = self.blocks_read = 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def read(self, i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Sample i: ({component: (T, P, 3) float16}, present (T, 4) bool)."""
+        j, a = int(self.shard_of[i]), int(self.start[i])
+        b = a + int(self.lengths[i])
+        parts = []
+        for k in range(a // FRAME_CHUNK, (b - 1) // FRAME_CHUNK + 1):
+            block = self._block(j, k)
+            lo = max(a, k * FRAME_CHUNK) - k * FRAME_CHUNK
+            hi = min(b, (k + 1) * FRAME_CHUNK) - k * FRAME_CHUNK
+            parts.append({n: arr[lo:hi] for n, arr in block.items()})
+        out = {n: parts[0][n].copy() if len(parts) == 1 else np.concatenate([p[n] for p in parts])
+               for n in self.names}  # copies: the caller's arrays outlive the block's eviction
+        present = out.pop("present")
+        return out, present
+
+    def _block(self, j: int, k: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            key = (j, k)
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+            block = self._read_block(j, k, self.names)
+            size = sum(a.nbytes for a in block.values())
+            while self._blocks and self.bytes_held + size > self.budget:
+                _, old = self._blocks.popitem(last=False)
+                self.bytes_held -= sum(a.nbytes for a in old.values())
+            self._blocks[key] = block
+            self.bytes_held += size
+            self.peak_bytes = max(self.peak_bytes, self.bytes_held)
+            self.blocks_read += 1
+            return block
+
+    def _read_block(self, j: int, k: int, names) -> dict[str, np.ndarray]:
+        shard = self.shards[j]
+        path = self.cache._verified_shard_path(shard, names)
+        stop = min(int(self.shard_frames[j]), (k + 1) * FRAME_CHUNK)
+        return _read_frame_range(path, shard["format"], names, k * FRAME_CHUNK, stop)
+
+    def scan(self, names):
+        """Every frame of the cache in storage order, block by block, bypassing the LRU (one pass
+        for statistics): yields {name: rows} in sample order."""
+        for j in range(len(self.shards)):
+            for k in range(-(-int(self.shard_frames[j]) // FRAME_CHUNK)):
+                with self._lock:
+                    block = self._read_block(j, k, names)
+                yield block
+
+
 def open_cache(path, text: str | None = None) -> Cache:
-    """Open a sealed cache folder. text: which text store (name or fingerprint); default the newest."""
-    return Cache(Path(path), text=text)
+    """Open a sealed cache folder (a path or an fsspec URL). text: which text store (name or fingerprint); default the newest."""
+    return Cache(location(path), text=text)
 
 
 # ----------------------------------------------------------------------------- one-call writer
@@ -428,7 +603,7 @@ def write_cache(out_dir, rows: list[dict], keypoints: list[np.ndarray], text: di
     """Write a sealed cache straight from arrays (tests, synthetic data): same format as `make features`.
     rows[i] = {"id", "text", "split", "signer", "label", "fps"}; text = {"input_ids", "lengths",
     "embeddings", "tokenizer", "text_model"} aligned with rows."""
-    out_dir = Path(out_dir)
+    out_dir = location(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, -(-len(rows) // shard_size))
     for s in range(n_shards):

@@ -53,6 +53,9 @@ class TrainConfig:
     compact_vocab: bool = True       # decoder vocabulary = tokens seen in training (+ specials)
     samples_per_label: int = 4       # K of the P x K sampler (1 = plain length-bucketed batches)
     bucket_batches: int = 50         # length bucketing window, in batches (sort by length inside it)
+    stream: bool = False             # read samples from the cache batch by batch (caches larger than memory)
+    memory_budget_mb: int = 1024     # stream: decoded keypoints held in memory at most (LRU of storage chunks)
+    prefetch_batches: int = 2        # stream: batches read ahead on a background thread (0: read in the loop)
     augment: Augment = field(default_factory=Augment)
 
     # --- model -------------------------------------------------------------------------------
@@ -114,9 +117,11 @@ class TrainConfig:
             raise ConfigError(f"embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
         for name in ("max_frames", "batch_size", "accumulation_steps", "max_steps", "samples_per_label",
                      "embed_dim", "proj_dim", "encoder_layers", "heads", "log_every", "eval_every",
-                     "ckpt_every", "max_text_len", "keep_checkpoints"):
+                     "ckpt_every", "max_text_len", "keep_checkpoints", "memory_budget_mb"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefetch_batches < 0:
+            raise ConfigError(f"prefetch_batches must be >= 0, got {self.prefetch_batches}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.temperature <= 0:

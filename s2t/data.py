@@ -1,6 +1,7 @@
 """Training data from a sealed cache: loaded once, normalised once, batched by gather.
 
     data = KeypointData(cache_dir, cfg, device)        # all samples in memory (GPU when it fits)
+    data = load_data(cache_dir, cfg, device)           # ... or streamed from the cache (cfg.stream)
     sampler = PKBatchSampler(...)                      # label-aware, length-bucketed, seeded
     batch = data.batch(next(sampler), augment=rng)     # (B, T, F) features + masks + text, no Python loop
     for batch in data.iterate("val", 64): ...          # deterministic evaluation batches
@@ -14,9 +15,12 @@ same functions that `translate` applies to one new sample, so training and infer
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
+import queue
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,22 +46,34 @@ def feature_dim(components) -> int:
     return 3 * points + 3 * hands + len(components)
 
 
-def shoulder_frames(pose: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _shoulders(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    left = pose[:, _L_SHOULDER, :2].astype(np.float32)
+    right = pose[:, _R_SHOULDER, :2].astype(np.float32)
+    width = np.linalg.norm(left - right, axis=1)
+    return (left + right) / 2, width, np.isfinite(width) & (width > 1e-4)
+
+
+def good_shoulder_widths(pose: np.ndarray) -> np.ndarray:
+    """The shoulder widths of the frames of `pose` (F, 33, 3) where both shoulders were seen."""
+    _, width, good = _shoulders(pose)
+    return width[good]
+
+
+def shoulder_frames(pose: np.ndarray, offsets: np.ndarray,
+                    global_width: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame centre (F, 2) and width (F,) from the two shoulders of `pose` (F, 33, 3).
 
     Frames without both shoulders take the median of their sample's good frames; a sample with
-    no good frame at all takes the median point of its pose as centre and the median width of
-    the other samples (or _FALLBACK_WIDTH when alone)."""
-    left = pose[:, _L_SHOULDER, :2].astype(np.float32)
-    right = pose[:, _R_SHOULDER, :2].astype(np.float32)
-    centre = (left + right) / 2
-    width = np.linalg.norm(left - right, axis=1)
-    good = np.isfinite(width) & (width > 1e-4)
+    no good frame at all takes the median point of its pose as centre and `global_width`: by
+    default the median width of the other samples (or _FALLBACK_WIDTH when alone); a reader that
+    sees one sample at a time passes the whole cache's median (see StreamingKeypointData)."""
+    centre, width, good = _shoulders(pose)
     if good.all():
         return centre, width
     n = len(offsets) - 1
     sample_of = np.searchsorted(offsets, np.flatnonzero(~good), side="right") - 1
-    global_width = float(np.median(width[good])) if good.any() else _FALLBACK_WIDTH
+    if global_width is None:
+        global_width = float(np.median(width[good])) if good.any() else _FALLBACK_WIDTH
     for i in np.unique(sample_of):  # once at load time, only samples with missing shoulders
         a, b = offsets[i], offsets[i + 1]
         ok = good[a:b]
@@ -75,10 +91,10 @@ def shoulder_frames(pose: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
 
 
 def normalise_points(frames: dict[str, np.ndarray], pose: np.ndarray, offsets: np.ndarray,
-                     components) -> np.ndarray:
+                     components, global_width: float | None = None) -> np.ndarray:
     """Shoulder-centred, shoulder-width-scaled points of `components`, concatenated:
     (F, sum P, 3) float16 with NaN where missing. frames[c]: (F, P_c, 3); pose: (F, 33, 3)."""
-    centre, width = shoulder_frames(pose, offsets)
+    centre, width = shoulder_frames(pose, offsets, global_width)
     total = len(pose)
     out = np.empty((total, sum(COMPONENT_SIZES[c] for c in components), 3), dtype=np.float16)
     for a in range(0, total, _CHUNK):
@@ -261,15 +277,17 @@ class KeypointData:
     """Every sample of a cache as flat tensors: points (F_total, P, 3) float16, presence
     (F_total, C), offsets; plus per-sample labels, tokens and text embeddings."""
 
+    streams = False  # StreamingKeypointData: samples are read from the cache batch by batch
+
     def __init__(self, cache_dir, cfg, device="cpu", vocab: Vocab | None = None):
         from preprocess.manifest import normalise_text
-        from preprocess.store import open_cache
+        from preprocess.store import is_url, location, open_cache
 
         self.cfg, self.components = cfg, list(cfg.components)
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.cache_dir = str(Path(cache_dir).resolve())
+        self.cache_dir = str(cache_dir) if is_url(location(cache_dir)) else str(Path(cache_dir).resolve())
         cache = open_cache(cache_dir, text=cfg.text_store)
         s = cache.samples
         if "text" not in s:
@@ -285,12 +303,7 @@ class KeypointData:
         if (self.lengths == 0).any():
             raise ValueError(f"{cache_dir}: samples with 0 frames: {self.ids[self.lengths == 0][:5]}")
 
-        needed = list(dict.fromkeys(["pose", *self.components]))  # pose: for the shoulders
-        kp = cache.load_keypoints(components=needed)
-        offsets = kp.offsets
-        points = normalise_points(kp.frames, kp.frames["pose"], offsets, self.components)
-        present = kp.present[:, [COMPONENTS.index(c) for c in self.components]]
-        del kp
+        self._open_keypoints(cache)
 
         tx = cache.text()
         # a trained run brings its own vocabulary (evaluation); otherwise build it from the train split
@@ -301,17 +314,42 @@ class KeypointData:
         self.label_np = label.astype(np.int64)
 
         # Where the big arrays live: on the GPU when they fit (gather there), else pinned host memory.
-        self.store = self._placement(points.nbytes + present.nbytes + tx.embeddings.nbytes)
+        self.store = self._placement(self._resident_bytes() + tx.embeddings.nbytes)
         pin = self.store.type == "cpu" and self.device.type == "cuda"
         put = (lambda a: torch.from_numpy(np.ascontiguousarray(a)).pin_memory()) if pin else \
               (lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.store))
-        self.points, self.present = put(points), put(present)
-        self.offsets = torch.from_numpy(offsets[:-1].copy())          # index math runs on the CPU
+        self._place_keypoints(put)
         self.n_frames = torch.from_numpy(self.lengths.copy())
         self.tokens = put(tokens)
         self.text_emb = put(np.asarray(tx.embeddings, np.float32))
         self.label = put(label.astype(np.int64))
         self.text_id = put(text_id.astype(np.int64))
+
+    # -- where the keypoints come from (StreamingKeypointData overrides these four)
+    def _open_keypoints(self, cache) -> None:
+        """Load and normalise every frame once."""
+        needed = list(dict.fromkeys(["pose", *self.components]))  # pose: for the shoulders
+        kp = cache.load_keypoints(components=needed)
+        self._offsets_np = kp.offsets
+        self._points_np = normalise_points(kp.frames, kp.frames["pose"], kp.offsets, self.components)
+        self._present_np = kp.present[:, [COMPONENTS.index(c) for c in self.components]]
+
+    def _resident_bytes(self) -> int:
+        return self._points_np.nbytes + self._present_np.nbytes
+
+    def _place_keypoints(self, put) -> None:
+        self.points, self.present = put(self._points_np), put(self._present_np)
+        self.offsets = torch.from_numpy(self._offsets_np[:-1].copy())  # index math runs on the CPU
+        del self._points_np, self._present_np, self._offsets_np
+
+    def _frames_of(self, idx: np.ndarray, frames=None):
+        """(points table, presence table, (B,) first row of each sample in them) for samples idx:
+        here the whole cache's tables; `frames` is what `read_frames` returned (streaming only)."""
+        return self.points, self.present, self.offsets[torch.from_numpy(np.asarray(idx, np.int64))]
+
+    def read_frames(self, idx: np.ndarray):
+        """The I/O part of a batch, safe to run ahead on another thread (nothing to do in memory)."""
+        return None
 
     def _placement(self, nbytes: int) -> torch.device:
         if self.device.type != "cuda":
@@ -328,9 +366,10 @@ class KeypointData:
         return np.flatnonzero(self.split == split)
 
     # -- batches
-    def frame_index(self, idx: np.ndarray, gen: torch.Generator | None = None):
+    def frame_index(self, idx: np.ndarray, gen: torch.Generator | None = None, first: torch.Tensor | None = None):
         """(B, T) flat frame indices and mask for samples `idx`: random crop + speed change when
-        `gen` (a CPU torch.Generator) is given, else all frames uniformly subsampled to max_frames."""
+        `gen` (a CPU torch.Generator) is given, else all frames uniformly subsampled to max_frames.
+        first: (B,) row of each sample's first frame in the table gathered from (default: the cache's)."""
         cfg, aug = self.cfg, self.cfg.augment
         idx_t = torch.from_numpy(np.asarray(idx, np.int64))
         n = self.n_frames[idx_t].double()
@@ -348,17 +387,20 @@ class KeypointData:
         src = start[:, None] + torch.floor((j[None] + 0.5) * kept[:, None] / t[:, None])
         src = torch.minimum(src, start[:, None] + kept[:, None] - 1).long()
         mask = j[None] < t[:, None]
-        flat = torch.where(mask, self.offsets[idx_t][:, None] + src, self.offsets[idx_t][:, None])
+        first = self.offsets[idx_t] if first is None else first
+        flat = torch.where(mask, first[:, None] + src, first[:, None])
         return flat, mask
 
     def batch(self, idx: np.ndarray, gen: torch.Generator | None = None,
-              device_gen: torch.Generator | None = None) -> Batch:
-        """Assemble samples `idx`. With generators (CPU: time, device: geometry) it augments."""
+              device_gen: torch.Generator | None = None, frames=None) -> Batch:
+        """Assemble samples `idx`. With generators (CPU: time, device: geometry) it augments.
+        frames: `read_frames(idx)` done ahead (streaming: by the prefetch thread)."""
         dev, augment = self.device, device_gen is not None and self.cfg.augment.enabled
-        flat, mask = self.frame_index(idx, gen)
-        flat = flat.to(self.store)
-        points = self._gather(self.points, flat).float()  # (B, T, P, 3)
-        present = self._gather(self.present, flat)
+        points_table, present_table, first = self._frames_of(idx, frames)
+        flat, mask = self.frame_index(idx, gen, first)
+        flat = flat.to(points_table.device)
+        points = self._gather(points_table, flat).float()  # (B, T, P, 3)
+        present = self._gather(present_table, flat)
         mask = mask.to(dev, non_blocking=True)
         if augment:
             points = self._affine(points, device_gen)
@@ -411,14 +453,15 @@ class KeypointData:
         return mask & keep
 
     @torch.no_grad()
-    def feature_stats(self, split: str = "train", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std of every input feature over the real (unaugmented) frames of a split."""
+    def feature_stats(self, split: str = "train", batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of every input feature over the real (unaugmented) frames of a split.
+        Modest batches, squared in place: the temporaries stay small next to a streaming budget."""
         total = torch.zeros(self.feature_dim, dtype=torch.float64, device=self.device)
         total_sq, n = torch.zeros_like(total), 0
         for b in self.iterate(split, batch_size):
             x = b.x[b.mask].double()
             total += x.sum(0)
-            total_sq += (x * x).sum(0)
+            total_sq += x.square_().sum(0)
             n += len(x)
         mean = total / max(n, 1)
         return mean.float(), (total_sq / max(n, 1) - mean ** 2).clamp(min=0).sqrt().float()
@@ -430,6 +473,117 @@ class KeypointData:
         rows = rows[np.argsort(self.lengths[rows], kind="stable")]
         for a in range(0, len(rows), batch_size):
             yield self.batch(rows[a:a + batch_size])
+
+
+# ------------------------------------------------------------------------------------------
+# Streaming: caches larger than memory
+
+class StreamingKeypointData(KeypointData):
+    """KeypointData for caches larger than memory (`stream: true`). Samples are read from the store
+    when a batch needs them, through the cache's KeypointReader, whose LRU of decoded storage chunks
+    holds at most cfg.memory_budget_mb; each sample is normalised exactly as the in-memory path does
+    it (same float16 rounding, same whole-cache fallback shoulder width), so for the same rows and
+    generators `batch` returns the same tensors. Labels, tokens and text embeddings (a few hundred
+    bytes to 1.5 kB per sample) stay in memory; only keypoints stream."""
+
+    streams = True
+
+    def _open_keypoints(self, cache) -> None:
+        needed = list(dict.fromkeys(["pose", *self.components]))
+        self.reader = cache.keypoint_reader(needed, self.cfg.memory_budget_mb << 20)
+        # One pass over the poses for the median shoulder width (the fallback of a sample with no
+        # shoulder in any frame) as the in-memory path computes it; 4 bytes per frame, freed at once.
+        widths = [good_shoulder_widths(block["pose"]) for block in self.reader.scan(["pose"])]
+        widths = np.concatenate(widths) if widths else np.zeros(0, np.float32)
+        self.global_width = float(np.median(widths)) if len(widths) else _FALLBACK_WIDTH
+        self._present_cols = [COMPONENTS.index(c) for c in self.components]
+
+    def _resident_bytes(self) -> int:
+        return 0
+
+    def _place_keypoints(self, put) -> None:
+        self.offsets = None  # no whole-cache table: every batch brings its own (read_frames)
+
+    def read_frames(self, idx: np.ndarray):
+        """Read and normalise samples idx: (points (F, P, 3) float16, presence (F, C), (B,) first
+        row of each sample), pinned on CUDA so the copy to the GPU is asynchronous."""
+        points, present = [], []
+        for i in np.asarray(idx):
+            frames, pres = self.reader.read(int(i))
+            points.append(normalise_points(frames, frames["pose"], np.array([0, len(pres)]), self.components,
+                                           self.global_width))
+            present.append(pres[:, self._present_cols])
+        first = np.concatenate([[0], np.cumsum([len(p) for p in present])[:-1]]).astype(np.int64)
+        put = (lambda a: torch.from_numpy(a).pin_memory()) if self.device.type == "cuda" else torch.from_numpy
+        return put(np.concatenate(points)), put(np.concatenate(present)), torch.from_numpy(first)
+
+    def _frames_of(self, idx: np.ndarray, frames=None):
+        points, present, first = frames if frames is not None else self.read_frames(idx)
+        return points.to(self.device, non_blocking=True), present.to(self.device, non_blocking=True), first
+
+
+def load_data(cache_dir, cfg, device="cpu", vocab: Vocab | None = None) -> KeypointData:
+    """The cache in memory, or streamed from it when cfg.stream."""
+    return (StreamingKeypointData if cfg.stream else KeypointData)(cache_dir, cfg, device, vocab=vocab)
+
+
+class BatchFeed:
+    """The training loop's batch rows, drawn from the sampler; when the data streams, the rows of
+    the next `depth` batches are drawn and their samples read (I/O, decoding, normalisation) on a
+    background thread. Augmentation stays on the caller's thread with its generators, so batches
+    and every RNG stream are exactly the in-memory path's, and state_dict() is the sampler state
+    after the last batch handed out: a checkpoint never counts batches read ahead but not trained on."""
+
+    def __init__(self, data: KeypointData, sampler, rows: np.ndarray, depth: int = 2):
+        self.data, self.sampler, self.rows = data, sampler, np.asarray(rows)
+        self.depth = depth if data.streams else 0
+        self._state = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        """-> (cache rows of the batch, what to pass to data.batch(rows, ..., frames=))."""
+        if self.depth == 0:
+            rows = self.rows[next(self.sampler)]
+            return rows, (self.data.read_frames(rows) if self.data.streams else None)
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self.depth)
+            self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True)
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        rows, frames, self._state = item
+        return rows, frames
+
+    def _work(self) -> None:
+        try:
+            while not self._stop.is_set():
+                rows = self.rows[next(self.sampler)]
+                item = (rows, self.data.read_frames(rows), copy.deepcopy(self.sampler.state_dict()))
+                self._put(item)
+        except BaseException as e:  # handed to the training thread, raised there
+            self._put(e)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def state_dict(self) -> dict:
+        return self._state if self._state is not None else self.sampler.state_dict()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`python -m s2t train`: SupCon + CLIP + caption cross-entropy on a feature cache.
 
-Plain PyTorch, top to bottom: load the cache into memory -> build the model -> loop over
+Plain PyTorch, top to bottom: load the cache into memory (or, with `stream: true`, read it batch
+by batch under `memory_budget_mb`: caches larger than memory) -> build the model -> loop over
 optimizer steps (accumulating micro-batches) -> validate / log / checkpoint. Resume restores
 everything that decides the next step (weights, AdamW moments, GradScaler, sampler position,
 augmentation and dropout RNG, memory queues), so a resumed run repeats the uninterrupted one.
@@ -30,7 +31,7 @@ import torch.distributed as dist
 from .checkpoint import (CONFIG, LAST, CheckpointError, build_model, link_checkpoint,
                          load_checkpoint, read_run, save_checkpoint, strip, write_run_info)
 from .config import TrainConfig, load_config
-from .data import KeypointData, PKBatchSampler
+from .data import BatchFeed, KeypointData, PKBatchSampler, load_data
 from .losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss
 from .report import validation_warnings
 
@@ -247,7 +248,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run")
     from .data import Vocab
     t0 = time.time()
-    data = KeypointData(cache_dir, cfg, device, vocab=Vocab.from_json(info["vocab"]) if info else None)
+    data = load_data(cache_dir, cfg, device, vocab=Vocab.from_json(info["vocab"]) if info else None)
     train_rows = data.rows("train")
     if len(train_rows) == 0:
         raise TrainingError(f"{cache_dir}: no samples with split 'train'")
@@ -255,7 +256,9 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     if main_proc:
         log.info("cache %s: %d train / %d val samples, %d features per frame, vocabulary %d (%s), "
                  "data on %s, loaded in %.1fs", cache_dir, len(train_rows), len(data.rows("val")),
-                 data.feature_dim, data.vocab.size, data.vocab.kind, data.store, time.time() - t0)
+                 data.feature_dim, data.vocab.size, data.vocab.kind,
+                 f"streamed from the cache ({cfg.memory_budget_mb} MB budget)" if data.streams else data.store,
+                 time.time() - t0)
         if not has_val:
             log.warning("no 'val' split in the cache: no validation metrics will be computed")
     info = info or {"cache": data.cache_dir, "vocab": data.vocab.to_json(), "components": data.components,
@@ -312,8 +315,12 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 if isinstance(v, (int, float)) and k != "step":  # (None is neither)
                     writer.add_scalar(f"{entry.get('split', 'train')}/{k}", v, entry["step"])
 
+    # streaming: the next batches' samples are read on a background thread; the feed's state is the
+    # sampler's after the last batch trained on, so checkpoints stay exact
+    feed = BatchFeed(data, sampler, train_rows, cfg.prefetch_batches)
+
     def checkpoint() -> None:
-        tensors, meta = training_state(raw_model, opt, scaler, sampler, gens, losses, step, counters)
+        tensors, meta = training_state(raw_model, opt, scaler, feed, gens, losses, step, counters)
         periodic = run_dir / f"step-{step:06d}.safetensors"
         save_checkpoint(periodic, tensors, meta)
         link_checkpoint(periodic, run_dir / LAST)
@@ -337,7 +344,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
             queue_on = step >= cfg.queue_start
             for micro in range(cfg.accumulation_steps):
                 t_data = time.perf_counter()
-                batch = data.batch(train_rows[next(sampler)], gens["aug_time"], gens["aug_space"])
+                rows, frames = next(feed)
+                batch = data.batch(rows, gens["aug_time"], gens["aug_space"], frames=frames)
                 window["data_s"] += time.perf_counter() - t_data
                 # DDP: all-reduce gradients once per step, on the last micro-batch
                 last_micro = micro == cfg.accumulation_steps - 1
@@ -377,6 +385,10 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                          **dict(zip(parts.keys(), values[1:])), "lr": lr, "grad_norm": grad_norm,
                          "logit_scale": float(raw_model.clip_scale().detach()), "samples_per_s": window["samples"] / elapsed,
                          "data_share": window["data_s"] / elapsed, "bad_steps": counters["bad_steps"]}
+                if data.streams:  # what the streaming reader holds: tune memory_budget_mb with these
+                    entry |= {"stream_held_mb": data.reader.bytes_held / 2**20,
+                              "stream_peak_mb": data.reader.peak_bytes / 2**20,
+                              "stream_blocks_read": data.reader.blocks_read}
                 record(entry)
                 bar.set_postfix({k: f"{entry[k]:.3f}" for k in ("loss", *parts.keys())})
                 window = {"t": time.time(), "samples": 0, "data_s": 0.0}
@@ -399,6 +411,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 log.info("stopping after step %d as asked (--stop-after)", step)
                 break
     finally:
+        feed.close()
         bar.close()
         if metrics_file:
             metrics_file.close()

@@ -102,3 +102,27 @@ def test_damaged_index_or_annotations_are_refused(tmp_path, victim):
     target.write_text(target.read_text().replace(old, new, 1))  # still valid JSON, wrong content
     with pytest.raises(CacheError, match="checksum"):
         open_cache(path)
+
+
+@pytest.mark.parametrize("where", ["memory://", "file://"])
+def test_cache_at_a_url_round_trips_like_a_local_one(tmp_path, where):
+    """Written and read through fsspec (memory:// lives in this process only; file:// is the
+    fsspec route to a folder): the same files, checksums, arrays and lazy reads as a local cache."""
+    rows, keypoints, text = _corpus(seed=2)
+    local = open_cache(write_cache(tmp_path / "local", rows, keypoints, text, shard_size=16))
+    url = f"file://{tmp_path}/url" if where == "file://" else f"memory://caches/{tmp_path.name}/url"
+    remote = open_cache(write_cache(url, rows, keypoints, text, shard_size=16))
+    assert str(remote.path) == url
+    assert [sh["files"] for sh in remote.meta["shards"]] == [sh["files"] for sh in local.meta["shards"]]
+    a, b = local.load_keypoints(COMPONENTS), remote.load_keypoints(COMPONENTS)
+    for c in COMPONENTS:
+        np.testing.assert_array_equal(a.frames[c], b.frames[c])
+    np.testing.assert_array_equal(local.text().embeddings, remote.text().embeddings)
+    frames, present = remote.keypoint_reader(("right_hand",)).read(7)
+    np.testing.assert_array_equal(frames["right_hand"], a.frames["right_hand"][a.offsets[7]:a.offsets[8]])
+
+
+def test_hdf5_at_a_url_is_refused_with_a_clear_error():
+    rows, keypoints, text = _corpus(n=4)
+    with pytest.raises(CacheError, match="HDF5 caches must be on a local"):
+        write_cache("memory://caches/h5", rows, keypoints, text, format="hdf5")
