@@ -27,21 +27,23 @@ import torch.nn.functional as F
 
 @dataclass
 class ModelConfig:
+    """The model's shape. Training builds it from TrainConfig (from_train_config), whose defaults
+    and presets are the only place model sizes are chosen: no defaults here that could drift."""
     in_dim: int            # features per frame (from s2t.data.feature_dim)
     vocab_size: int        # model vocabulary size
     pad_id: int            # model ids of the specials
     bos_id: int
     eos_id: int
-    text_dim: int = 384    # cached sentence-embedding size
-    embed_dim: int = 512
-    proj_dim: int = 256
-    encoder_layers: int = 4
-    decoder_layers: int = 2
-    heads: int = 8
-    ff_mult: int = 4
-    dropout: float = 0.2
-    shared_head: bool = False
-    logit_scale_init: float = math.log(1 / 0.07)
+    text_dim: int          # cached sentence-embedding size
+    embed_dim: int
+    proj_dim: int
+    encoder_layers: int
+    decoder_layers: int
+    heads: int
+    ff_mult: int
+    dropout: float
+    shared_head: bool
+    logit_scale_init: float = math.log(1 / 0.07)  # CLIP's init and clamp (TrainConfig.clip_logit_scale_*)
     logit_scale_max: float = math.log(100)
 
     @classmethod

@@ -310,7 +310,8 @@ def test_swapped_outputs_are_the_decoders_real_output_for_the_partner_video():
     data = FakeData()
     model = SignTranslator(ModelConfig(in_dim=1, vocab_size=data.vocab.size, pad_id=0, bos_id=2, eos_id=3,
                                        text_dim=len(SENTENCES), embed_dim=16, proj_dim=8, encoder_layers=1,
-                                       decoder_layers=1, heads=2, ff_mult=2, dropout=0.0))
+                                       decoder_layers=1, heads=2, ff_mult=2, dropout=0.0,
+                                       shared_head=False))
     out = evaluate.run_model(model, data, "test", batch_size=4, max_len=6)
     rows, perm = out.cat("index").numpy(), out.perm.numpy()
     assert (data.label[rows[perm]] != data.label[rows]).all()

@@ -12,7 +12,7 @@ from s2t.model import ModelConfig, SignTranslator
 def tiny(shared_head=False, vocab=50, token_ids=None, seed=0):
     torch.manual_seed(seed)
     c = ModelConfig(in_dim=10, vocab_size=vocab, pad_id=0, bos_id=1, eos_id=2, text_dim=6,
-                    embed_dim=32, proj_dim=16, encoder_layers=2, decoder_layers=2, heads=4,
+                    embed_dim=32, proj_dim=16, encoder_layers=2, decoder_layers=2, heads=4, ff_mult=4,
                     dropout=0.0, shared_head=shared_head)
     return SignTranslator(c, token_ids).eval()
 
@@ -102,7 +102,7 @@ def test_beam_search_exhaustive_equals_brute_force():
 
 def test_parameter_groups_and_construction_from_preset():
     cfg = load_config("configs/train/tiny_cpu.yaml")
-    c = ModelConfig.from_train_config(cfg, in_dim=10, vocab_size=30, pad_id=0, bos_id=1, eos_id=2)
+    c = ModelConfig.from_train_config(cfg, in_dim=10, vocab_size=30, pad_id=0, bos_id=1, eos_id=2, text_dim=6)
     m = SignTranslator(c)
     assert m.encoder.layers.num_layers == cfg.encoder_layers
     decay, no_decay = m.parameter_groups(1e-4)
