@@ -98,24 +98,15 @@ def test_one_ddp_step_equals_one_big_batch_step(corpus, tmp_path):
     is the single-process loss on the concatenated batch, and the parameter gradients (after DDP's
     average) are its gradients - not world-size times them, though each rank's features got the
     gradient of every rank's loss through gather_with_grad."""
-    import time
-
     import numpy as np
-    import torch.multiprocessing as mp
 
     from s2t.data import KeypointData
+    from tests.test_losses import run_two_ranks
     from tests.test_train import tiny_cfg
 
     train_rows = KeypointData(corpus, tiny_cfg()).rows("train")
     rows = np.random.default_rng(0).permutation(train_rows)[:32]  # positives within and across ranks
-    ctx = mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), str(corpus), rows, str(tmp_path)),
-                             nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the two gloo workers did not finish in 180 s")
+    run_two_ranks(_ddp_worker, (2, str(tmp_path / "init"), str(corpus), rows, str(tmp_path)))
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     values, grads = _one_step(str(corpus), rows, ddp=False)
     for key in ("total", "supcon", "clip"):

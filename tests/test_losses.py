@@ -213,23 +213,27 @@ def _distributed_worker(rank, world, init_file, v, t, labels, out_dir):
     dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_big_batch(tmp_path):
-    """Local-vs-global losses on 2 processes (gloo): the mean loss equals the single-process
-    loss on the whole batch, and each rank's feature gradient is the big-batch gradient
-    (x world size, since every rank's loss counts once) - negatives from the other rank included."""
+def run_two_ranks(worker, args, timeout_s: float = 180) -> None:
+    """Run worker(rank, *args) in two spawned processes (the gloo tests); fail the test if they hang."""
     import torch.multiprocessing as mp
 
-    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3])  # every anchor has a positive; some across ranks
-    v, t = unit(8, 6, seed=20).float(), unit(8, 6, seed=21).float()
     # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock
-    ctx = mp.start_processes(_distributed_worker, args=(2, str(tmp_path / "init"), v, t, labels, str(tmp_path)),
-                             nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
+    ctx = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout_s
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
-            pytest.fail("the two gloo workers did not finish in 180 s")
+            pytest.fail(f"the two gloo workers did not finish in {timeout_s:.0f} s")
+
+
+def test_two_ranks_equal_one_big_batch(tmp_path):
+    """Local-vs-global losses on 2 processes (gloo): the mean loss equals the single-process
+    loss on the whole batch, and each rank's feature gradient is the big-batch gradient
+    (x world size, since every rank's loss counts once) - negatives from the other rank included."""
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 3, 3])  # every anchor has a positive; some across ranks
+    v, t = unit(8, 6, seed=20).float(), unit(8, 6, seed=21).float()
+    run_two_ranks(_distributed_worker, (2, str(tmp_path / "init"), v, t, labels, str(tmp_path)))
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     fv, ft = v.clone().requires_grad_(), t.clone().requires_grad_()
     clip = ClipLoss()(fv, ft, torch.tensor(10.0), labels)
