@@ -507,15 +507,14 @@ class StreamingKeypointData(KeypointData):
     def read_frames(self, idx: np.ndarray):
         """Read and normalise samples idx: (points (F, P, 3) float16, presence (F, C), (B,) first
         row of each sample), pinned on CUDA so the copy to the GPU is asynchronous."""
-        points, present = [], []
-        for i in np.asarray(idx):
-            frames, pres = self.reader.read(int(i))
-            points.append(normalise_points(frames, frames["pose"], np.array([0, len(pres)]), self.components,
-                                           self.global_width))
-            present.append(pres[:, self._present_cols])
-        first = np.concatenate([[0], np.cumsum([len(p) for p in present])[:-1]]).astype(np.int64)
+        samples = [self.reader.read(int(i)) for i in np.asarray(idx)]
+        # the batch's samples back to back, then normalised in one call, as the in-memory path does
+        frames = {c: np.concatenate([f[c] for f, _ in samples]) for c in samples[0][0]}
+        offsets = np.concatenate([[0], np.cumsum([len(p) for _, p in samples])]).astype(np.int64)
+        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width)
+        present = np.concatenate([p for _, p in samples])[:, self._present_cols]
         put = (lambda a: torch.from_numpy(a).pin_memory()) if self.device.type == "cuda" else torch.from_numpy
-        return put(np.concatenate(points)), put(np.concatenate(present)), torch.from_numpy(first)
+        return put(points), put(present), torch.from_numpy(offsets[:-1].copy())
 
     def _frames_of(self, idx: np.ndarray, frames=None):
         points, present, first = frames if frames is not None else self.read_frames(idx)
