@@ -26,8 +26,8 @@ from preprocess.store import open_cache, write_cache  # noqa: E402
 from tests.media import make_person_video  # noqa: E402
 
 
-def bench_extraction(work: Path, n_videos: int, n_frames: int) -> dict:
-    """The same videos through MediaPipe with 1 and with 2 workers (one shard per video)."""
+def person_videos(work: Path, n_videos: int, n_frames: int) -> Path:
+    """n_videos MediaPipe-able videos of a person under work/videos and their manifest (returned)."""
     data = work / "videos"
     data.mkdir()
     rows = []
@@ -38,10 +38,16 @@ def bench_extraction(work: Path, n_videos: int, n_frames: int) -> dict:
         w = csv.DictWriter(f, fieldnames=["id", "path", "text"])
         w.writeheader()
         w.writerows(rows)
+    return data / "manifest.csv"
+
+
+def bench_extraction(work: Path, n_videos: int, n_frames: int) -> dict:
+    """The same videos through MediaPipe with 1 and with 2 workers (one shard per video)."""
+    manifest = person_videos(work, n_videos, n_frames)
     out = {}
     for jobs in (1, 2):
         # a distinct cache root per run: the second run must not reuse the first one's cache
-        res = build_cache(data / "manifest.csv", work / f"cache{jobs}", jobs=jobs, shard_size=1, progress=False)
+        res = build_cache(manifest, work / f"cache{jobs}", jobs=jobs, shard_size=1, progress=False)
         t = res.timings
         out[f"jobs{jobs}"] = {"wall_s": t["wall"], "frames": t["frames"], "frames_per_s": t["frames"] / t["wall"],
                               "extract_s": t["extract"], "write_s": t["write"],

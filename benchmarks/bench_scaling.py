@@ -12,7 +12,6 @@ after the first. Ratios compare measurements of this same run. Writes benchmarks
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -27,27 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from preprocess.features import build_cache  # noqa: E402
-from tests.media import make_person_video  # noqa: E402
+from bench_features import person_videos  # noqa: E402  (this folder is on sys.path when run as a script)
 from tests.test_train import make_corpus  # noqa: E402
 
 
 def bench_extraction(work: Path, n_videos: int, n_frames: int) -> dict:
     from distributed import LocalCluster
 
-    data = work / "videos"
-    data.mkdir()
-    rows = []
-    for i in range(n_videos):
-        make_person_video(data / f"v{i}.mp4", n_frames=n_frames)
-        rows.append({"id": f"v{i}", "path": f"v{i}.mp4", "text": "where does it hurt"})
-    with open(data / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "path", "text"])
-        w.writeheader()
-        w.writerows(rows)
+    manifest = person_videos(work, n_videos, n_frames)
 
     def run(name, **kw):
         # a distinct cache root per run: no run may reuse another's cache
-        t = build_cache(data / "manifest.csv", work / f"cache-{name}", shard_size=1, progress=False, **kw).timings
+        t = build_cache(manifest, work / f"cache-{name}", shard_size=1, progress=False, **kw).timings
         return {"wall_s": t["wall"], "frames": t["frames"], "frames_per_s": t["frames"] / t["wall"]}
 
     out = {"loky_1": run("loky1", jobs=1)}
