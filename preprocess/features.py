@@ -13,13 +13,11 @@ written once, at the end, by this (the driver) process.
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
-import functools
 import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from contextlib import contextmanager
@@ -31,6 +29,7 @@ import numpy as np
 import yaml
 
 from . import store
+from .cli import CommandError
 from .manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,17 +39,26 @@ DEFAULT_CONFIG = ROOT / "configs" / "features" / "default.yaml"
 
 def load_settings(path: Path = DEFAULT_CONFIG, **overrides) -> dict:
     """Feature settings from YAML, with non-None keyword overrides for keys of either section."""
-    cfg = yaml.safe_load(Path(path).read_text())
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CommandError(f"feature settings {path}: not valid YAML ({e}); fix the file") from e
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(s), dict) for s in ("keypoints", "text")):
+        raise CommandError(f"feature settings {path}: expected the sections 'keypoints:' and 'text:' "
+                           f"(see {DEFAULT_CONFIG})")
     for key, value in overrides.items():
         if value is None:
             continue
-        section = next((s for s in ("keypoints", "text") if key in cfg[s]), None)
+        section = next((s for s in ("keypoints", "text") if key in cfg[s]),
+                       "text" if key == "train_tokenizer" else None)  # (absent from older settings files)
         if section is None:
-            raise KeyError(f"unknown feature setting {key!r}; known: "
-                           f"{sorted(cfg['keypoints']) + sorted(cfg['text'])}")
+            raise CommandError(f"unknown feature setting {key!r}; known: "
+                               f"{sorted(cfg['keypoints']) + sorted(cfg['text'])}")
+        if isinstance(value, dict):  # a nested setting (train_tokenizer): the keys given replace theirs
+            value = {**(cfg[section].get(key) or {}), **value}
         cfg[section][key] = value
     if cfg["keypoints"]["format"] not in store.FORMATS:
-        raise ValueError(f"format must be one of {store.FORMATS}, not {cfg['keypoints']['format']!r}")
+        raise CommandError(f"format must be one of {store.FORMATS}, not {cfg['keypoints']['format']!r}")
     return cfg
 
 
@@ -91,29 +99,8 @@ def shard_lock(cache_dir: Path, index: int, blocking: bool = True):
     shard but no longer stops a zombie worker of a killed run from racing a new one on the same shard."""
     path = Path(cache_dir) / "keypoints" / f"shard-{index:05d}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError as e:  # ENOLCK / EOPNOTSUPP: a shared file system without flock
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                raise
-            _warn_no_flock(str(path.parent), e.strerror)
-            yield True
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_no_flock(folder: str, error: str) -> None:  # once per folder and worker process
-    print(f"warning: {folder} does not support flock ({error}); shards are protected by "
-          "their commit markers only: do not start a second run while workers of a killed one live on",
-          file=sys.stderr)
+    with store.file_lock(path, blocking) as held:
+        yield held
 
 
 @contextmanager
@@ -167,7 +154,9 @@ def _clean_unfinished(cache_dir: Path) -> None:
     except where a surviving worker of that run still holds the shard's lock."""
     kp = cache_dir / "keypoints"
     for p in cache_dir.glob("*.tmp*"):
-        store._remove(p)
+        if not p.name.startswith("text-"):  # (a text store's temporaries may be a live writer's)
+            store._remove(p)
+    store.clean_text_temps(cache_dir)
     for p in kp.glob("shard-*"):
         if p.suffix in (".json", ".lock") and ".tmp-" not in p.name:
             continue
@@ -244,31 +233,53 @@ def build_keypoints(rows, cache_dir: Path, kp: dict, fingerprint: str, versions:
 # ----------------------------------------------------------------------------- text
 
 def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True) -> tuple[Path, bool]:
-    """Tokenize and embed the sentences of the cached samples; reuse a store with the same fingerprint."""
-    from .text import SentenceEncoder, load_tokenizer, tokenize, tokenizer_id, vocab_hash, weights_hash
+    """Tokenize and embed the sentences of the cached samples; reuse a store with the same fingerprint.
+    With `tokenizer: train` the vocabulary is first learnt from the training sentences and saved in
+    the store (store.TOKENIZER_FOLDER); its settings and those sentences are in the fingerprint."""
+    from .text import (TRAIN, SentenceEncoder, load_tokenizer, tokenize, tokenizer_id, train_tokenizer,
+                       vocab_hash, weights_hash)
 
     index = store.read_json_checked(cache_dir / store.KEYPOINT_INDEX, "the keypoint index")
-    for stale in cache_dir.glob("text-*.tmp-*"):  # left by a killed text stage
-        store._remove(stale)
     by_id = {r.id: r for r in rows}
     cached = [by_id[s["id"]] for s in index["samples"]]
     annotations = {"id": [r.id for r in cached], "text": [r.text for r in cached],
                    "split": [r.split for r in cached], "signer": [r.signer for r in cached],
                    "label": [r.label for r in cached]}
-    tokenizer = load_tokenizer(tx["tokenizer"])
-    fingerprint = _hash({"format_version": store.FORMAT_VERSION, "annotations": annotations,
-                         "vocab": vocab_hash(tokenizer), "max_length": tx["max_length"],
-                         "tokenizer": tokenizer_id(tx["tokenizer"]), "text_model": tokenizer_id(tx["text_model"]),
-                         "weights": weights_hash(tx["text_model"])})
+    trained = tx["tokenizer"] == TRAIN
+    if trained:  # identified by what it is learnt from: known without training it
+        settings, sentences, source = _tokenizer_training(tx, annotations)
+        identity = {"tokenizer": TRAIN, "train_tokenizer": settings, "train_sentences": _hash(sentences),
+                    "trainer": _versions("tokenizers")}
+    else:
+        with _model_loading("tokenizer", tx["tokenizer"]):
+            tokenizer = load_tokenizer(tx["tokenizer"])
+        identity = {"vocab": vocab_hash(tokenizer), "tokenizer": tokenizer_id(tx["tokenizer"])}
+    with _model_loading("text model", tx["text_model"]):
+        weights = weights_hash(tx["text_model"])
+    fingerprint = _hash({"format_version": store.FORMAT_VERSION, "annotations": annotations, **identity,
+                         "max_length": tx["max_length"], "text_model": tokenizer_id(tx["text_model"]),
+                         "weights": weights})
     path = store.text_store_dir(cache_dir, fingerprint)
     if (path / store.TEXT_INDEX).exists():
-        if not store.is_url(path):  # (objects cannot be touched: at a URL, pass the text store by name)
-            os.utime(path / store.TEXT_INDEX)  # the store asked for last becomes the cache's default
+        _make_default_text(cache_dir, path)
         return path, True
+    store.clean_text_temps(cache_dir)  # left by a killed text stage
+    extra_files = None
+    if trained:
+        print(f"training a {settings['model']} tokenizer (vocabulary {settings['vocab_size']}, "
+              f"lowercase {str(settings['lowercase']).lower()}, strip_accents "
+              f"{str(settings['strip_accents']).lower()}) on the {len(sentences)} sentences of {source}",
+              file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="s2t-tokenizer-") as folder:
+            train_tokenizer(sentences, folder, **settings)
+            tokenizer = load_tokenizer(folder)
+            extra_files = {f"{store.TOKENIZER_FOLDER}/{f.name}": f.read_bytes()
+                           for f in sorted(Path(folder).iterdir()) if f.is_file()}
     input_ids, lengths = tokenize(tokenizer, annotations["text"], tx["max_length"])
     # the corpus repeats sentences many times: embed each distinct sentence once
     unique, inverse = np.unique(np.array(annotations["text"], dtype=object), return_inverse=True)
-    encoder = SentenceEncoder(tx["text_model"])
+    with _model_loading("text model", tx["text_model"]):
+        encoder = SentenceEncoder(tx["text_model"])
     embeddings = encoder.embed(list(unique), batch_size=tx["batch_size"], progress=progress)[inverse]
     # "tokenizer"/"text_model" stay loadable names (load_tokenizer/SentenceEncoder take them);
     # the *_id fields are the stable identities that went into the fingerprint
@@ -280,8 +291,57 @@ def build_text(rows, cache_dir: Path, tx: dict, fmt: str, progress: bool = True)
             "max_length": tx["max_length"], "vocab_hash": vocab_hash(tokenizer),
             "weights_hash": weights_hash(tx["text_model"]), "n_distinct_texts": len(unique),
             "versions": _versions("transformers", "tokenizers", "torch")}
+    if trained:  # the reader resolves the folder against where the store is when it is read
+        meta.update({"tokenizer": TRAIN, "tokenizer_id": TRAIN, "tokenizer_folder": store.TOKENIZER_FOLDER,
+                     "train_tokenizer": {**settings, "n_sentences": len(sentences), "sentences_from": source}})
     return store.write_text_store(cache_dir, fingerprint, fmt, annotations, input_ids, lengths,
-                                  embeddings, meta), False
+                                  embeddings, meta, extra_files=extra_files), False
+
+
+def _tokenizer_training(tx: dict, annotations: dict) -> tuple[dict, list[str], str]:
+    """(train_tokenizer settings, the sentences to learn from, where they come from): the cached
+    samples of the train split; all cached samples (said on stderr) where none is in it."""
+    from .text import train_settings
+
+    try:
+        settings = train_settings(tx.get("train_tokenizer"))
+    except ValueError as e:
+        raise CommandError(f"text.train_tokenizer: {e} (see {DEFAULT_CONFIG})") from e
+    sentences = [t for t, split in zip(annotations["text"], annotations["split"]) if split == "train"]
+    if sentences:
+        return settings, sentences, "the train split"
+    print("note: no cached sample is in the train split: the tokenizer learns from all samples' sentences",
+          file=sys.stderr)
+    return settings, list(annotations["text"]), "all samples (no train split)"
+
+
+@contextmanager
+def _model_loading(what: str, name: str):
+    """A tokenizer or text model that cannot be loaded is a bad setting, said in one line."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CommandError(f"cannot load the {what} {name!r} ({first}); give a Hugging Face id or a local "
+                           f"folder holding its files (--{what.replace(' ', '-')}), "
+                           "or leave it at 'default'") from e
+
+
+def _make_default_text(cache_dir: Path, path: Path) -> None:
+    """The text store asked for last becomes the cache's default (the newest text.json, see
+    store.Cache). Touched only when another store is newer: reusing a cache needs no write, so a
+    finished cache works from read-only storage."""
+    if store.is_url(path):  # objects cannot be touched: at a URL, pass the text store by name
+        return
+    sealed = sorted(p for p in cache_dir.glob("text-*") if ".tmp-" not in p.name and (p / store.TEXT_INDEX).exists())
+    newest = max(sealed, key=lambda p: (p / store.TEXT_INDEX).stat().st_mtime_ns)
+    if newest == path:
+        return
+    try:
+        os.utime(path / store.TEXT_INDEX)
+    except OSError as e:
+        print(f"warning: cannot make {path.name} the default text store of {cache_dir} ({e.strerror}); "
+              f"train with text_store={path.name}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- the whole stage
@@ -332,7 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--format", choices=store.FORMATS, help="store format (overrides the config)")
     p.add_argument("--fps", type=float, help="target frame rate (frames are subsampled by stride)")
     p.add_argument("--shard-size", type=int, dest="shard_size", help="samples per shard")
-    p.add_argument("--tokenizer", help="HF id or folder of the tokenizer (default: offline DistilBERT-uncased vocab)")
+    p.add_argument("--tokenizer", help="HF id or folder of the tokenizer (default: offline DistilBERT-uncased vocab); "
+                                       "'train': learn one from the train split's sentences (settings: "
+                                       "text.train_tokenizer in --config)")
     p.add_argument("--text-model", dest="text_model", help="HF id or folder of the sentence encoder")
     p.add_argument("--max-length", type=int, dest="max_length", help="tokens per sentence")
     p.add_argument("--jobs", type=int, default=None,

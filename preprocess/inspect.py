@@ -40,7 +40,8 @@ def describe(cache: Cache, verify: bool = False) -> dict:
         "splits": dict(Counter(cache.samples["split"])) if "split" in cache.samples else {},
         "signers": len(set(cache.samples["signer"])) if "signer" in cache.samples else None,
         "distinct_labels": len(set(cache.samples["label"])) if "label" in cache.samples else None,
-        "frames": {"total": int(frames.sum()), "min": int(frames.min(initial=0)),
+        # (not min(initial=0): that is 0 for every cache)
+        "frames": {"total": int(frames.sum()), "min": int(frames.min()) if len(frames) else 0,
                    "median": float(np.median(frames)) if len(frames) else 0.0, "max": int(frames.max(initial=0))},
         "fps": sorted({float(x) for x in cache.samples["fps"]}),
         "detection_rate": {c: float(present[:, i].mean()) if len(present) else 0.0 for i, c in enumerate(COMPONENTS)},

@@ -15,6 +15,11 @@ from preprocess.layout import COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NA
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".webm", ".mkv")
 KEYPOINT_EXTENSIONS: tuple[str, ...] = (".pose", ".npy", ".npz")
 FRAME_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+# No detector puts a point 10 frame widths off the image: an x or y beyond is a unit mix-up (pixels)
+# or garbage. z has no such unit (pose-format files keep MediaPipe's z scaled by the frame width),
+# but beyond float16's largest value it would turn into inf in the cache.
+MAX_COORDINATE = 10.0
+MAX_DEPTH = float(np.finfo(np.float16).max)
 
 
 class SourceError(Exception):
@@ -93,7 +98,9 @@ def load_keypoints(path, target_fps: float | None = None, *, default_fps: float 
     kind = source_kind(p)
     if kind in ("video", "frames"):
         from preprocess.mediapipe_extract import extract_video  # keeps mediapipe out of other paths
-        return extract_video(p, target_fps, progress=progress, frames_fps=default_fps, start=start, end=end)
+        points, fps = extract_video(p, target_fps, progress=progress, frames_fps=default_fps, start=start, end=end)
+        check_keypoints(path, points)
+        return points, fps
     points, fps = _read_pose(p) if kind == "pose" else _read_array(p, default_fps)
     if len(points) == 0:
         raise SourceError(path, "zero frames")
@@ -103,7 +110,40 @@ def load_keypoints(path, target_fps: float | None = None, *, default_fps: float 
     if len(points) == 0:
         raise SourceError(path, f"no frames between {start} s and {end} s")
     keep = stride_mask(len(points), fps, target_fps)
-    return np.ascontiguousarray(points[keep]), output_fps(fps, target_fps)
+    points = np.ascontiguousarray(points[keep])
+    check_keypoints(path, points)
+    return points, output_fps(fps, target_fps)
+
+
+def has_person(points: np.ndarray) -> bool:
+    """Any frame with a detected body or hand point (a face alone is not someone signing)."""
+    parts = [points[:, COMPONENT_SLICES[c], :2] for c in ("pose", "left_hand", "right_hand")]
+    return bool(np.isfinite(np.concatenate(parts, axis=1)).any())
+
+
+def check_keypoints(path, points: np.ndarray) -> None:
+    """Refuse, as a SourceError (a line in failures.jsonl), keypoints no detector can produce:
+    infinite values, x or y beyond +-MAX_COORDINATE, z beyond +-MAX_DEPTH, or no person in any frame."""
+    finite = np.isfinite(points)
+    infinite = ~finite & ~np.isnan(points)
+    if infinite.any():
+        frame = int(np.argwhere(infinite)[0][0])
+        raise SourceError(path, f"{int(infinite.sum())} infinite coordinate(s), the first in frame {frame}; "
+                                "keypoints must be finite numbers, NaN where a point was not detected")
+    magnitude = np.abs(np.where(finite, points, 0.0))
+    too_far = magnitude[..., :2] > MAX_COORDINATE
+    if too_far.any():
+        frame = int(np.argwhere(too_far)[0][0])
+        raise SourceError(path, f"{int(too_far.sum())} x/y coordinate(s) beyond +-{MAX_COORDINATE:g} (largest "
+                                f"{float(magnitude[..., :2].max()):.4g}, the first in frame {frame}); x and y must "
+                                "be image-normalised (0..1 across the frame, as MediaPipe gives them), not pixels")
+    too_deep = magnitude[..., 2] > MAX_DEPTH
+    if too_deep.any():
+        frame = int(np.argwhere(too_deep)[0][0])
+        raise SourceError(path, f"{int(too_deep.sum())} z coordinate(s) beyond +-{MAX_DEPTH:g}, the first in "
+                                f"frame {frame}: too large for the cache's float16")
+    if not has_person(points):
+        raise SourceError(path, f"no person detected in any of {len(points)} frames (no body or hand point)")
 
 
 def _read_array(path: Path, default_fps: float) -> tuple[np.ndarray, float]:

@@ -28,7 +28,8 @@ class ManifestError(ValueError):
         self.problems = list(problems)
         shown = self.problems[:MAX_LISTED]
         more = len(self.problems) - len(shown)
-        lines = [f"{self.path}: {len(self.problems)} problem(s)"] + [f"  {p}" for p in shown]
+        lines = ([f"manifest {self.path}: {len(self.problems)} problem(s); fix them and run again"]
+                 + [f"  {p}" for p in shown])
         if more:
             lines.append(f"  and {more} more")
         super().__init__("\n".join(lines))
@@ -176,7 +177,11 @@ def _resolve_path(raw: str, preset, root: Path, line: int, problems) -> Path | N
         return None
     if preset == "how2sign" and not Path(raw).suffix:
         raw += ".mp4"  # How2Sign's VIDEO_NAME omits the extension
-    file = (root / raw).resolve()
+    try:
+        file = (root / raw).resolve()
+    except (RuntimeError, OSError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        problems.append(f"row {line}: path {raw!r} cannot be resolved ({e}): fix or remove the symbolic link")
+        return None
     if glob.has_magic(raw):
         # PHOENIX lists frames as ".../1/*.png": the sample is the folder of frame images.
         if not glob.glob(str(root / raw)):

@@ -9,6 +9,8 @@ A cache is one folder, CACHE/<name>-<keypoint fingerprint>/:
     text-<fingerprint>/       one sealed text store per text setting (tokenizer, model, max length)
         text.json             index + checksums (its presence seals the store)
         text.zarr | text.h5   input_ids (n, L) int32, lengths (n,), embeddings (n, D) float32
+        tokenizer/            with `tokenizer: train`: the vocabulary trained for these ids (a
+                              transformers folder; the reader gives its path where the cache is now)
 
 Keypoints are stored per MediaPipe component (pose, face, left_hand, right_hand), frames of all
 samples of a shard concatenated (ragged) with an offsets array, float16 with NaN for missing,
@@ -28,15 +30,20 @@ single PUT). HDF5 stores are local only.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import threading
 import uuid
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +57,7 @@ FORMATS = ("zarr", "hdf5")
 FRAME_CHUNK = 8192  # frames per chunk: big enough for fast sequential reads, small enough for memory
 KEYPOINT_INDEX = "keypoints.json"
 TEXT_INDEX = "text.json"
+TOKENIZER_FOLDER = "tokenizer"  # a tokenizer trained into a text store (`tokenizer: train`)
 FAILURES = "failures.jsonl"
 
 
@@ -123,13 +131,49 @@ def read_json_checked(path: Path, what: str) -> dict:
 
 
 def _remove(path: Path) -> None:
-    if is_url(path):
-        if path.exists():
-            path.fs.rm(path.path, recursive=True)
-    elif path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+    """Remove a file or folder; one that vanished meanwhile (another process cleaned it) is fine."""
+    try:
+        if is_url(path):
+            if path.exists():
+                path.fs.rm(path.path, recursive=True)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
+def file_lock(path: Path, blocking: bool = True):
+    """Exclusive flock on the file `path` (created if missing); yields whether it is held.
+
+    flock works on local disks and on shared file systems that support it (NFS, Lustre mounted
+    with -o flock). Where the file system refuses it, the lock is skipped (yields True, warns once):
+    the writers then rely on write-to-temp-name + rename + marker sealing alone."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as e:  # ENOLCK / EOPNOTSUPP: a shared file system without flock
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            _warn_no_flock(str(Path(path).parent), e.strerror)
+            yield True
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_flock(folder: str, error: str) -> None:  # once per folder and process
+    print(f"warning: {folder} does not support flock ({error}); shards and text stores are protected "
+          "by their commit markers only: do not start a second run while workers of a killed one live on",
+          file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- array back-ends
@@ -310,27 +354,76 @@ def text_store_dir(cache_dir: Path, fingerprint: str) -> Path:
     return location(cache_dir) / f"text-{fingerprint[:12]}"
 
 
+def _text_lock(store_dir: Path) -> Path:
+    """The lock file of a text store (hidden: not a `text-*` entry of the cache folder)."""
+    return store_dir.with_name(f".{store_dir.name}.lock")
+
+
+def clean_text_temps(cache_dir: Path) -> None:
+    """Remove the temporary folders of text stores whose writer is gone (killed mid-write): a
+    store's temporaries are removed only under its lock, so a live writer's are never touched."""
+    cache_dir = location(cache_dir)
+    if is_url(cache_dir):
+        return  # written in place at a URL: no temporaries
+    for tmp in cache_dir.glob("text-*.tmp-*"):
+        with file_lock(_text_lock(cache_dir / tmp.name.split(".tmp-")[0]), blocking=False) as free:
+            if free:
+                _remove(tmp)
+
+
 def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
-                     input_ids: np.ndarray, lengths: np.ndarray, embeddings: np.ndarray, meta: dict) -> Path:
+                     input_ids: np.ndarray, lengths: np.ndarray, embeddings: np.ndarray, meta: dict,
+                     extra_files: dict[str, bytes] | None = None) -> Path:
     """Write a sealed text store aligned with the keypoint samples (row i = sample i).
-    annotations: per-sample columns id, text, split, signer, label."""
+    annotations: per-sample columns id, text, split, signer, label. extra_files: {path relative
+    to the store: content} written into it before it is sealed, checksummed like the arrays (a
+    trained tokenizer: `tokenizer/tokenizer.json`, ...).
+
+    Safe with concurrent writers of one cache (two users, a cluster): writers of the same store take
+    turns under its lock, and a writer that finds the store sealed keeps it (a fingerprint names
+    the content: the other writer wrote the same) and returns it."""
     final = text_store_dir(cache_dir, fingerprint)
-    # at a URL: written in place, text.json (written last) seals it
-    tmp = final if is_url(final) else _tmp_name(final)
-    _remove(tmp)
-    tmp.mkdir(parents=True)
-    data = tmp / ("text.zarr" if fmt == "zarr" else "text.h5")
+    if is_url(final):  # at a URL: written in place, text.json (written last) seals it; no locks there
+        _write_text_files(final, fingerprint, fmt, annotations, input_ids, lengths, embeddings, meta, extra_files)
+        return final
+    with file_lock(_text_lock(final)):
+        if (final / TEXT_INDEX).exists():
+            return final
+        for stale in final.parent.glob(final.name + ".tmp-*"):  # a killed writer's (we hold the lock)
+            _remove(stale)
+        tmp = _tmp_name(final)
+        try:
+            _write_text_files(tmp, fingerprint, fmt, annotations, input_ids, lengths, embeddings, meta,
+                              extra_files)
+            if not (final / TEXT_INDEX).exists():  # (where flock is missing, another writer may have won)
+                _remove(final)  # an unsealed folder (no text.json) is not a store
+                try:
+                    os.replace(tmp, final)
+                except OSError:  # rename does not replace a full folder: a writer sealed it meanwhile
+                    if not (final / TEXT_INDEX).exists():
+                        raise
+        finally:
+            _remove(tmp)  # gone after the rename; a failed write leaves no temporary behind
+    return final
+
+
+def _write_text_files(folder: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
+                      input_ids: np.ndarray, lengths: np.ndarray, embeddings: np.ndarray, meta: dict,
+                      extra_files: dict[str, bytes] | None = None) -> None:
+    _remove(folder)
+    folder.mkdir(parents=True)
+    data = folder / ("text.zarr" if fmt == "zarr" else "text.h5")
     _write_arrays(data, fmt, {"input_ids": np.asarray(input_ids, np.int32),
                               "lengths": np.asarray(lengths, np.int32),
                               "embeddings": np.asarray(embeddings, np.float32)})
+    files = _file_checksums(data, folder)
+    for rel, content in sorted((extra_files or {}).items()):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+        files.update(_file_checksums(folder / rel, folder))
     index = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "format": fmt, **meta,
-             "n_samples": int(len(input_ids)), "annotations": annotations,
-             "files": _file_checksums(data, tmp)}
-    write_json_atomic(tmp / TEXT_INDEX, index)
-    if tmp != final:
-        _remove(final)
-        os.replace(tmp, final)
-    return final
+             "n_samples": int(len(input_ids)), "annotations": annotations, "files": files}
+    write_json_atomic(folder / TEXT_INDEX, index)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -347,7 +440,7 @@ class TextArrays:
     input_ids: np.ndarray   # (n, L) int32, [CLS] ... [SEP] padded with 0
     lengths: np.ndarray     # (n,) int32
     embeddings: np.ndarray  # (n, D) float32, L2-normalised frozen sentence embeddings
-    tokenizer: str
+    tokenizer: str          # a name load_tokenizer takes (a trained one: its folder in the store, absolute)
     text_model: str
     meta: dict = field(default_factory=dict)
 
@@ -436,8 +529,12 @@ class Cache:
                      {f"{name}/{k}": v for k, v in index["files"].items()}, self.path, f"text store {name}")
         data = base / ("text.zarr" if index["format"] == "zarr" else "text.h5")
         arrays = _read_arrays(data, index["format"], ["input_ids", "lengths", "embeddings"])
+        tokenizer = index["tokenizer"]
+        if index.get("tokenizer_folder"):  # trained into the store: found where the cache is now
+            folder = base / index["tokenizer_folder"]
+            tokenizer = str(folder) if is_url(folder) else str(folder.resolve())
         return TextArrays(arrays["input_ids"], arrays["lengths"], arrays["embeddings"],
-                          index["tokenizer"], index["text_model"], meta=index)
+                          tokenizer, index["text_model"], meta=index)
 
     # -- keypoints
     def load_keypoints(self, components=("pose", "left_hand", "right_hand")) -> KeypointArrays:

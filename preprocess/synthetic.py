@@ -285,9 +285,12 @@ def build_lexicon(words: list[str], seed: int) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------
 # Signers: body, framing, tempo and style. One left-handed signer, always in training.
 # --------------------------------------------------------------------------------------------
-def make_signers(n: int, seed: int, difficulty: float = 1.0) -> list[dict]:
+def make_signers(n: int, seed: int, difficulty: float = 1.0, left_handed: tuple[int, ...] = (2,),
+                 variation: float = 0.0) -> list[dict]:
     """`difficulty` widens the spread of tempo, amplitude, style and viewpoint around the same
-    centres and multiplies jitter and missing hands (1.0 = the default corpus, byte for byte)."""
+    centres and multiplies jitter and missing hands (1.0 = the default corpus, byte for byte).
+    `left_handed`: indices of the left-handed signers. `variation` > 0: every signer makes every
+    sign their own way (see `_personal_sign`); 0 keeps the older corpora byte for byte."""
     rng = np.random.default_rng([seed, 2])
 
     def spread(lo, hi, floor=None):
@@ -300,7 +303,7 @@ def make_signers(n: int, seed: int, difficulty: float = 1.0) -> list[dict]:
     for i in range(n):
         signers.append({
             "id": f"s{i:02d}",
-            "handed": "left" if i == 2 else "right",
+            "handed": "left" if i in left_handed else "right",
             "body": round(rng.uniform(0.9, 1.1), 3),        # overall size
             "shoulders": round(rng.uniform(0.92, 1.08), 3),  # shoulder width relative to size
             "hand": round(rng.uniform(0.92, 1.08), 3),
@@ -319,6 +322,8 @@ def make_signers(n: int, seed: int, difficulty: float = 1.0) -> list[dict]:
             "head_tilt": round(spread(-0.06, 0.06), 3),      # radians
             "accent_seed": int(rng.integers(2**31)),          # per-sign personal variation
         })
+        if variation:
+            signers[-1]["variation"] = variation
     return signers
 
 
@@ -452,6 +457,43 @@ def _hand_rows(pos, shapes, orients) -> np.ndarray:
     return np.concatenate([np.asarray(pos, float).reshape(k, 3), shape, orient], 1)
 
 
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues: the 3x3 rotation by `angle` radians about `axis`."""
+    a = _unit(np.asarray(axis, float))
+    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _personal_sign(kf: np.ndarray, dom: np.ndarray, word: str, signer: dict,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How this signer makes this sign (fixed per signer and word; scaled by signer["variation"]),
+    plus this repetition's share of it. Real people differ per sign, not only per body:
+    - the hand path: a smooth offset of the whole sign and of each keyframe,
+    - the hand orientation: the palm frame turned about a random axis,
+    - the handshape: every finger flexed a little more or less,
+    - the timing inside the sign: keyframes unevenly spaced,
+    - co-articulation: the first or last keyframe cut short towards its neighbour.
+    Returns keyframes (K,3), the hand rows (K,15) and the relative keyframe times (K,) in [0, 1]."""
+    v = signer["variation"]
+    own = np.random.default_rng([signer["accent_seed"], 7, *word.encode()])
+    k = len(kf)
+    kf = kf + v * (own.normal(0, 0.04, 3) + own.normal(0, 0.025, (k, 3)))
+    kf = kf + v * rng.normal(0, 0.008, (k, 3))  # repetitions of one signer differ a little too
+    dom = dom.copy()
+    turn = _rotation(own.normal(size=3), v * own.normal(0, 0.35))
+    dom[:, 9:12], dom[:, 12:15] = dom[:, 9:12] @ turn.T, dom[:, 12:15] @ turn.T
+    dom[:, 3:9] = np.clip(dom[:, 3:9] + v * own.normal(0, 0.15, 6) + v * rng.normal(0, 0.04, (k, 6)), 0, 1)
+    times = np.linspace(0, 1, k)
+    if k > 2:
+        uneven = np.sort(own.uniform(0, 1, k - 2))
+        times[1:-1] = (1 - min(0.6, 0.4 * v)) * times[1:-1] + min(0.6, 0.4 * v) * uneven
+    if k > 1:
+        for end, nxt in ((0, 1), (k - 1, k - 2)):
+            if own.random() < 0.4 * v:  # this signer stops short of the sign's full movement
+                kf[end] = kf[end] + own.uniform(0.3, 0.6) * (kf[nxt] - kf[end])
+    return kf, dom, times
+
+
 def _plan(words, lexicon, signer, rng):
     """Control points (times (K,), rows (K,30) = dominant hand 15 | other hand 15) and the
     time span of each sign. Tempo, amplitude and keyframe jitter differ per repetition."""
@@ -483,6 +525,10 @@ def _plan(words, lexicon, signer, rng):
         dom = _hand_rows(kf, sign["shapes"], sign["orients"])
         lax = signer["lax"] * (HANDSHAPES["rest"] - dom[:, 3:9])  # sloppy signers: softer shapes
         dom[:, 3:9] = np.clip(dom[:, 3:9] + lax + shape_accent + rng.normal(0, 0.05, (k, 6)), 0, 1)
+        sign_times = np.linspace(0, 1, k)
+        if signer.get("variation"):
+            kf, dom, sign_times = _personal_sign(kf, dom, word, signer, rng)
+            dom[:, :3] = kf
         if sign["hands"] == "sym":
             other = dom.copy()
         elif sign["hands"] == "alt":
@@ -493,7 +539,7 @@ def _plan(words, lexicon, signer, rng):
         else:
             other = np.repeat(rest[None], k, 0)
         dur = sign["duration"] / tempo * rng.uniform(0.8, 1.25)
-        add(t + dur * np.linspace(0, 1, k), dom, other)
+        add(t + dur * sign_times, dom, other)
         spans.append((t, t + dur))
         t += dur + rng.uniform(0.06, 0.22) / tempo
         if rng.random() < 0.15:  # a hesitation: the hands hold before the next sign
@@ -607,10 +653,56 @@ SCALES: dict[str, dict] = {
     # training clip per sentence and signer, twice the signer spread, jitter and missing hands
     "hard": {"sentences": 480, "max_words": 12, "signers": 8, "val_signers": 1, "test_signers": 1,
              "train_reps": 1, "eval_reps": 2, "difficulty": 2.0},   # 4800 samples
+    # unseen people, as real multi-signer data has them: only 3 training signers, every signer
+    # makes every sign their own way (`variation`), a signer-disjoint val signer, and two unseen
+    # test signers of whom the last is left-handed; no left-handed signer in training
+    "signers": {"sentences": 240, "max_words": 12, "signers": 6, "val_signers": 1, "test_signers": 2,
+                "train_reps": 2, "eval_reps": 2, "variation": 1.0, "left_handed": [5]},  # 2880 samples
+    # open vocabulary, like PHOENIX-2014-T: every sentence of the grammar, one clip each (a few
+    # signed twice), split by SENTENCE: val and test sentences never occur in training, but every
+    # word does (each is signed in training); the same 8 signers everywhere
+    "open": {"sentences": 889, "max_words": 12, "signers": 8, "split_by": "sentence",
+             "val_sentences": 60, "test_sentences": 120, "repeated": 0.1, "train_reps": 1, "eval_reps": 1},
 }
 TASK_NOTE = ("Splits are by signer: val and test signers never appear in training. Every val/test "
              "sentence also occurs in training, signed by other signers: the task is to recognise "
              "or translate known sentences signed by a new person.")
+OPEN_TASK_NOTE = ("Splits are by sentence: val and test sentences never occur in training, but all "
+                  "their words do, signed by the same signers: the task is to translate new sentences "
+                  "made of known signs.")
+
+
+def _open_plan(p: dict, sentences: list[str], signers: list[dict], seed: int) -> tuple[list, dict]:
+    """Samples of a split-by-sentence scale: each sentence once, by a random signer; a share
+    `repeated` of the training sentences a second time by another signer. Val/test sentences are
+    drawn only among those whose every word also occurs in a training sentence."""
+    rng = np.random.default_rng([seed, 5])
+    order = rng.permutation(len(sentences))
+    held, train_words, split_of_sentence = [], set(), {}
+    n_held = p["val_sentences"] + p["test_sentences"]
+    # walk a random order: a sentence is held out only if training still covers its words later
+    words_count: dict[str, int] = {}
+    for j in range(len(sentences)):
+        for w in set(sentences[j].split()):
+            words_count[w] = words_count.get(w, 0) + 1
+    for j in order:
+        words = set(sentences[j].split())
+        if len(held) < n_held and all(words_count[w] > 1 for w in words):
+            held.append(j)
+            for w in words:
+                words_count[w] -= 1
+    for k, j in enumerate(held):
+        split_of_sentence[j] = "val" if k < p["val_sentences"] else "test"
+    samples, split_of = [], {}
+    for j in range(len(sentences)):
+        split = split_of_sentence.get(j, "train")
+        reps = 2 if split == "train" and rng.random() < p["repeated"] else 1
+        who = rng.choice(len(signers), size=reps, replace=False)
+        for r, i in enumerate(who):
+            sample_id = f"{signers[i]['id']}_{j:03d}_{r}"
+            samples.append((sample_id, j, int(i), r))
+            split_of[sample_id] = split
+    return samples, split_of
 
 
 def corpus_plan(scale: str = "small", seed: int = 0) -> dict:
@@ -618,15 +710,23 @@ def corpus_plan(scale: str = "small", seed: int = 0) -> dict:
     signers with their split, and the list of samples (id, sentence, signer, repetition)."""
     p = SCALES[scale]
     sentences = select_sentences(p["sentences"], p["max_words"], seed)
-    signers = make_signers(p["signers"], seed, p.get("difficulty", 1.0))
+    signers = make_signers(p["signers"], seed, p.get("difficulty", 1.0),
+                           tuple(p.get("left_handed", (2,))), p.get("variation", 0.0))
+    lexicon = build_lexicon(grammar_vocabulary(), seed)
+    if p.get("split_by") == "sentence":
+        for s in signers:
+            s["split"] = "all"
+        samples, split_of = _open_plan(p, sentences, signers, seed)
+        return {"sentences": sentences, "signers": signers, "samples": samples, "lexicon": lexicon,
+                "split_of": split_of}
     n_train = p["signers"] - p["val_signers"] - p["test_signers"]
     for i, s in enumerate(signers):
         s["split"] = "train" if i < n_train else "val" if i < n_train + p["val_signers"] else "test"
     samples = [(f"{s['id']}_{j:03d}_{r}", j, i, r)
                for i, s in enumerate(signers) for j in range(len(sentences))
                for r in range(p["train_reps"] if s["split"] == "train" else p["eval_reps"])]
-    return {"sentences": sentences, "signers": signers, "samples": samples,
-            "lexicon": build_lexicon(grammar_vocabulary(), seed)}
+    return {"sentences": sentences, "signers": signers, "samples": samples, "lexicon": lexicon,
+            "split_of": {sid: signers[i]["split"] for sid, _, i, _ in samples}}
 
 
 def _write_samples(batch, plan, seed, keypoint_dir: Path, fps: float) -> list[tuple[str, int]]:
@@ -675,19 +775,19 @@ def generate_corpus(out_dir, scale: str = "small", seed: int = 0, jobs: int | No
         for sample_id, j, i, _ in samples:
             s = plan["signers"][i]
             writer.writerow([sample_id, f"keypoints/{sample_id}.npy", plan["sentences"][j],
-                             s["split"], s["id"], FPS])
+                             plan["split_of"][sample_id], s["id"], FPS])
     frames = np.array([lengths[s[0]] for s in samples])
     info = {
         "generator": "preprocess.synthetic", "version": GENERATOR_VERSION, "seed": seed,
         "scale": scale, "scale_params": SCALES[scale], "fps": FPS, "frame_aspect": 1.0,
         "layout": "MediaPipe Holistic 543 points: pose 33 | face 468 | left hand 21 | right hand 21; "
                   "x, y image-normalised, z relative (hips / wrist / face), NaN = not detected",
-        "dtype": "float16", "task": TASK_NOTE,
+        "dtype": "float16", "task": OPEN_TASK_NOTE if SCALES[scale].get("split_by") == "sentence" else TASK_NOTE,
         "counts": {"samples": len(samples), "sentences": len(plan["sentences"]),
                    "words": len(plan["lexicon"]), "signers": len(plan["signers"]),
                    "frames": int(frames.sum()), "frames_min": int(frames.min()),
                    "frames_max": int(frames.max()), "frames_mean": round(float(frames.mean()), 1),
-                   **{f"{split}_samples": sum(plan["signers"][i]["split"] == split for _, _, i, _ in samples)
+                   **{f"{split}_samples": sum(plan["split_of"][sid] == split for sid, _, _, _ in samples)
                       for split in ("train", "val", "test")},
                    "near_duplicate_fraction": round(near_duplicate_fraction(plan["sentences"]), 3)},
         "signers": plan["signers"], "sentences": plan["sentences"], "lexicon": plan["lexicon"],

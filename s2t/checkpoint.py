@@ -8,8 +8,10 @@ and read without unpickling anything.
 
 Inside a checkpoint: tensors "model.*" (weights), "optim.<param>.<name>" (AdamW moments),
 "queue.<name>.<key>", "rng.<name>" (torch generator states as uint8 tensors); metadata "s2t"
-(JSON: step, optimizer hyper-parameters, GradScaler, sampler state, counters) and "crc32"
-(JSON: a CRC32 per tensor, so a flipped bit is caught, not only a truncated file).
+(JSON: step, optimizer hyper-parameters, GradScaler, sampler state, counters), "crc32"
+(JSON: a CRC32 per tensor, so a flipped bit is caught, not only a truncated file) and "s2t_crc32"
+(the CRC32 of "s2t": an edited step would otherwise resume silently from the wrong place).
+A save writes NAME.tmp-PID first; one left by a kill is removed by the next save (or start).
 """
 from __future__ import annotations
 
@@ -37,11 +39,42 @@ def _crc(t: torch.Tensor) -> int:
     return zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+def _text_crc(text: str) -> str:
+    return str(zlib.crc32(text.encode()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(run_dir) -> list[Path]:
+    """Remove temporary checkpoints (NAME.safetensors.tmp-PID) that no running save will finish:
+    those of processes that are gone (killed while saving) and this process's own (a save that
+    failed). Returns what was removed."""
+    removed = []
+    for tmp in Path(run_dir).glob("*.safetensors.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue  # a live process may still be writing it
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write tensors + JSON metadata to `path` atomically (temp file, fsync, rename)."""
     path = Path(path)
+    remove_stale_temps(path.parent)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"s2t": json.dumps(meta), "crc32": json.dumps({k: _crc(v) for k, v in tensors.items()})}
+    meta_text = json.dumps(meta)
+    metadata = {"s2t": meta_text, "crc32": json.dumps({k: _crc(v) for k, v in tensors.items()}),
+                "s2t_crc32": _text_crc(meta_text)}
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
     with open(tmp, "rb") as f:
@@ -72,13 +105,21 @@ def load_checkpoint(path, prefix: str | None = None) -> tuple[dict[str, torch.Te
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys() if prefix is None or k.startswith(prefix)}
+        # (checkpoints written before the metadata had a checksum have no s2t_crc32)
+        if "s2t_crc32" in metadata and metadata["s2t_crc32"] != _text_crc(metadata["s2t"]):
+            raise CheckpointError(f"{path}: checksum mismatch in its metadata (step, optimizer and sampler "
+                                  "state): the file is damaged or was edited; resume from an earlier "
+                                  "step-*.safetensors (copy it over last.safetensors) or start a new run")
         meta = json.loads(metadata["s2t"])
         crcs = json.loads(metadata["crc32"])
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises several types for a damaged header or short file
         raise CheckpointError(f"{path}: not a readable checkpoint (damaged or truncated?): {e}") from None
     bad = [k for k, t in tensors.items() if crcs.get(k) != _crc(t)]
     if bad:
-        raise CheckpointError(f"{path}: checksum mismatch in {bad[:5]}: the file is damaged")
+        raise CheckpointError(f"{path}: checksum mismatch in {bad[:5]}: the file is damaged; resume from an "
+                              "earlier step-*.safetensors (copy it over last.safetensors) or start a new run")
     return tensors, meta
 
 
@@ -98,14 +139,26 @@ def write_run_info(run_dir: Path, cfg, info: dict) -> None:
 
 def read_run(run_dir) -> tuple:
     """(TrainConfig, run info dict) of a run folder."""
-    from .config import config_from_dict
+    from .config import ConfigError, config_from_dict
 
     run_dir = Path(run_dir)
     for name in (CONFIG, RUN_INFO):
         if not (run_dir / name).is_file():
             raise CheckpointError(f"{run_dir}: not a run folder (no {name})")
-    cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
-    return cfg, json.loads((run_dir / RUN_INFO).read_text())
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG).read_text())
+        if not isinstance(saved, dict):
+            raise ConfigError(f"expected a mapping, found {type(saved).__name__}")
+        cfg = config_from_dict(saved)
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{run_dir / CONFIG}: the run's config is damaged or not valid ({e}); "
+                              "restore or fix it, or start a new run") from None
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{run_dir / RUN_INFO}: the run's info is damaged ({e}); restore it or "
+                              "start a new run") from None
+    return cfg, info
 
 
 def build_model(cfg, info: dict):

@@ -40,6 +40,11 @@ class Augment:
     crop: float = 0.1          # drop up to this fraction of the clip (split between start and end)
     frame_drop: float = 0.05   # probability to mask out each frame
     hand_drop: float = 0.1     # probability to blank one hand for the whole sample
+    # How people differ (0 = off, the defaults of older runs): each sample as if signed by someone else
+    time_warp: float = 0.0     # non-uniform tempo inside the clip: local speed varies by up to +-this
+    path_offset: float = 0.0   # smooth drift of each arm + hand, in shoulder widths (slow sinusoids)
+    hand_rotate_deg: float = 0.0  # each hand turned about its wrist by up to this many degrees (3D)
+    finger_noise: float = 0.0  # per-sample offset of every finger point from the wrist, in hand lengths
 
 
 @dataclass
@@ -57,6 +62,10 @@ class TrainConfig:
     memory_budget_mb: int = 1024     # stream: decoded keypoints held in memory at most (LRU of storage chunks)
     prefetch_batches: int = 2        # stream: batches read ahead on a background thread (0: read in the loop)
     augment: Augment = field(default_factory=Augment)
+    canonical_hand: str = "none"     # "right": mirror clips signed mainly with the left hand (x negated,
+                                     # left/right landmarks swapped) at training, eval and translate
+    val_signers: list[str] = field(default_factory=list)  # signers held out as the val split
+                                     # (their train rows become val: validation on unseen people)
 
     # --- model -------------------------------------------------------------------------------
     embed_dim: int = 512
@@ -67,6 +76,11 @@ class TrainConfig:
     ff_mult: int = 4
     dropout: float = 0.2
     shared_head: bool = False        # True = seed setup: one head for contrastive loss AND decoder input
+    decoder_reads_embedding: bool = False  # the decoder also attends to the clip's (detached) CLIP embedding
+    token_init: str = "random"       # "pretrained": decoder token embeddings start from the text model's
+                                     # word embeddings (PCA to embed_dim; WordPiece tokenizer only)
+    token_dropout: float = 0.0       # share of decoder input tokens replaced by [UNK] in training: the
+                                     # decoder must read the video, not only continue the sentence
 
     # --- losses ------------------------------------------------------------------------------
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -76,6 +90,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     queue_size: int = 0              # MoCo-style queue of past embeddings (0 = off)
     queue_start: int = 0             # step from which the queue is filled and used (encoder settled)
+    queue_keys: str = "projected"    # "projected": queue the head outputs (they go stale as the heads
+                                     # move); "pooled": queue pooled encoder outputs and the frozen text
+                                     # embeddings, re-projected through the current heads at every step
 
     # --- optimisation ------------------------------------------------------------------------
     batch_size: int = 128            # per micro-batch (effective batch = batch_size * accumulation_steps)
@@ -95,6 +112,8 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 1000
     keep_checkpoints: int = 3        # periodic step-N checkpoints kept besides last
+    best_metric: str = "auto"        # val metric that picks best.safetensors (what `eval` scores): auto =
+                                     # ret1_v2t (higher is better) with a CLIP loss, else ce (lower is better)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
 
@@ -106,6 +125,22 @@ class TrainConfig:
         bad = [c for c in self.components if c not in COMPONENTS]
         if bad or not self.components:
             raise ConfigError(f"components: {bad or 'empty'} not valid; choose from {list(COMPONENTS)}")
+        if self.canonical_hand not in ("none", "right"):
+            raise ConfigError(f"canonical_hand must be 'none' or 'right', got {self.canonical_hand!r}")
+        if self.canonical_hand != "none" and ("left_hand" in self.components) != ("right_hand" in self.components):
+            raise ConfigError("canonical_hand mirrors left and right hands into each other: components "
+                              f"must hold both hands or neither, got {self.components}")
+        if self.queue_keys not in ("projected", "pooled"):
+            raise ConfigError(f"queue_keys must be 'projected' or 'pooled', got {self.queue_keys!r}")
+        if self.queue_keys == "pooled" and self.shared_head:
+            raise ConfigError("queue_keys: pooled re-projects keys through the dedicated heads; the "
+                              "shared head is applied per frame before pooling: use queue_keys: projected")
+        if self.token_init not in ("random", "pretrained"):
+            raise ConfigError(f"token_init must be 'random' or 'pretrained', got {self.token_init!r}")
+        if self.token_init == "pretrained" and self.tokenizer != "wordpiece":
+            raise ConfigError("token_init: pretrained needs tokenizer: wordpiece (the text model's own ids)")
+        if self.decoder_reads_embedding and self.shared_head:
+            raise ConfigError("decoder_reads_embedding needs the dedicated heads (shared_head: false)")
         if self.tokenizer not in ("wordpiece", "word"):
             raise ConfigError(f"tokenizer must be 'wordpiece' or 'word', got {self.tokenizer!r}")
         if self.precision not in ("auto", "fp16", "bf16", "fp32"):
@@ -129,6 +164,42 @@ class TrainConfig:
         w = self.loss_weights
         if min(w.supcon, w.clip, w.ce) < 0 or w.supcon + w.clip + w.ce == 0:
             raise ConfigError(f"loss_weights must be >= 0 and not all 0, got {w}")
+
+        def in_range(key: str, low: float, high: float = math.inf, low_in: bool = True, high_in: bool = False,
+                     why: str = ""):
+            """Refuse a value outside [low, high] / (low, high): here, before any work, not as a crash
+            or a silently odd run later. NaN fails every comparison, so it is refused too."""
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if not ((value >= low if low_in else value > low) and (value <= high if high_in else value < high)):
+                bounds = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                raise ConfigError(f"{key} = {value!r} is out of range: it must be in {bounds}{why}")
+
+        in_range("lr", 0, low_in=False)
+        in_range("weight_decay", 0)
+        in_range("warmup_steps", 0)
+        in_range("min_lr_ratio", 0, 1, high_in=True)
+        in_range("grad_clip", 0)
+        in_range("max_bad_steps", 0)
+        in_range("dropout", 0, 1)
+        in_range("label_smoothing", 0, 1)
+        in_range("temperature", 0, low_in=False)
+        in_range("queue_size", 0)
+        in_range("queue_start", 0)
+        in_range("ff_mult", 1)
+        in_range("seed", 0)
+        # a decoder of 0 layers cannot learn to translate: needed whenever its loss counts
+        in_range("decoder_layers", 1 if w.ce > 0 else 0, why=" while loss_weights.ce > 0" if w.ce > 0 else "")
+        for name in ("supcon", "clip", "ce"):
+            in_range(f"loss_weights.{name}", 0)
+        in_range("clip_logit_scale_init", -math.inf, low_in=False)
+        in_range("clip_logit_scale_max", self.clip_logit_scale_init, why=" (at least clip_logit_scale_init)")
+        in_range("augment.rotate_deg", 0, 180, high_in=True)
+        for name in ("scale", "speed", "crop", "frame_drop"):  # 1 would zero a clip / mask every frame
+            in_range(f"augment.{name}", 0, 1)
+        in_range("augment.shift", 0)
+        in_range("augment.hand_drop", 0, 1, high_in=True)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -222,7 +293,10 @@ def load_config(paths: str | Path | list | tuple | None = None, overrides: list[
         p = Path(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        try:  # safe_load: a !!python/object tag is an error here, never code that runs
+            data = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}; fix the file") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping at the top level")
         try:
@@ -230,7 +304,10 @@ def load_config(paths: str | Path | list | tuple | None = None, overrides: list[
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
     for o in overrides:
-        _merge(cfg, parse_override(o))
+        try:
+            _merge(cfg, parse_override(o))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {o!r}: its value is not valid YAML: {' '.join(str(e).split())}") from None
     cfg.validate()
     return cfg
 

@@ -16,6 +16,7 @@ same functions that `translate` applies to one new sample, so training and infer
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 import queue
@@ -107,6 +108,92 @@ def normalise_points(frames: dict[str, np.ndarray], pose: np.ndarray, offsets: n
     return out
 
 
+# ------------------------------------------------------------------------------------------
+# Handedness: a left-handed signer mirrored into a right-handed one
+
+# MediaPipe pose points 0-32 and their mirror partner (left <-> right landmark of the same kind).
+POSE_MIRROR = np.array([0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19,
+                        22, 21, 24, 23, 26, 25, 28, 27, 30, 29, 32, 31])
+HAND_CHOICES = ("none", "right")
+
+
+def dominant_left(pose: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(n,) bool: which samples are signed mainly with the left hand. The dominant hand signs the
+    one-handed signs and leads the two-handed ones, so over a sentence it is held higher (the other
+    hand rests low or serves as a base) and travels further. Score per sample: how much higher the
+    left wrist is held than the right (shoulder widths, mean over frames) + the left wrist's share
+    of the two wrists' path minus one half. Pose wrists are used: MediaPipe reports them in every
+    frame where the body is seen. On the `signers` corpus this picks the signing hand in 99.4% of
+    left-handed and 99.8% of right-handed clips (the path alone: 88% / 85%)."""
+    n = len(offsets) - 1
+    if n == 0 or len(pose) == 0:
+        return np.zeros(n, bool)
+    p = pose[:, :, :2].astype(np.float32)
+    left, right = p[:, POSE_INDEX["left_wrist"]], p[:, POSE_INDEX["right_wrist"]]
+    centre, width, good = _shoulders(pose)
+    first = offsets[:-1]
+
+    def per_sample_mean(v: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(v)
+        total = np.add.reduceat(np.where(ok, v, 0.0), first) if len(v) else np.zeros(n)
+        count = np.add.reduceat(ok.astype(np.float32), first) if len(v) else np.zeros(n)
+        return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+    lifted = np.where(good, (right[:, 1] - left[:, 1]) / np.where(good, width, 1), np.nan)  # y grows downwards
+    step = np.linalg.norm(np.diff(np.stack([left, right], 1), axis=0), axis=-1)  # (F-1, 2)
+    step = np.concatenate([np.zeros((1, 2), np.float32), np.nan_to_num(step, nan=0.0)])
+    step[first] = 0  # no step across a sample boundary
+    travelled = np.stack([np.add.reduceat(step[:, k], first) for k in (0, 1)], 1)
+    share = travelled[:, 0] / np.maximum(travelled.sum(1), 1e-9)
+    return per_sample_mean(lifted) + np.where(travelled.sum(1) > 0, share - 0.5, 0.0) > 0
+
+
+def mirror_permutation(components) -> np.ndarray:
+    """Index permutation of the concatenated points of `components` that swaps every left
+    landmark with its right partner (pose pairs and the two hands). Face points keep their
+    indices (their mirror pairs are not part of MediaPipe's layout): only their x is reflected."""
+    if ("left_hand" in components) != ("right_hand" in components):
+        raise ValueError("canonical_hand needs both hands or neither among the components "
+                         f"(mirroring swaps them), got {list(components)}")
+    starts, at = {}, 0
+    for c in components:
+        starts[c] = at
+        at += COMPONENT_SIZES[c]
+    perm = np.arange(at)
+    if "pose" in components:
+        perm[starts["pose"]:starts["pose"] + 33] = starts["pose"] + POSE_MIRROR
+    if "left_hand" in components:
+        left, right = starts["left_hand"], starts["right_hand"]
+        perm[left:left + 21], perm[right:right + 21] = np.arange(right, right + 21), np.arange(left, left + 21)
+    return perm
+
+
+def canonicalise_hands(points: np.ndarray, present: np.ndarray, pose: np.ndarray, offsets: np.ndarray,
+                       components, canonical_hand: str) -> np.ndarray:
+    """Mirror, in place, the samples signed mainly with the left hand so that every sample is
+    signed with the right: x negated about the shoulder midline (points are already centred there)
+    and left/right landmarks swapped, presence flags too. The same function runs at training,
+    evaluation and `translate`. Returns the (n,) mirrored flags."""
+    n = len(offsets) - 1
+    if canonical_hand == "none":
+        return np.zeros(n, bool)
+    if canonical_hand not in HAND_CHOICES:
+        raise ValueError(f"canonical_hand must be one of {HAND_CHOICES}, got {canonical_hand!r}")
+    flip = dominant_left(pose, offsets)
+    if not flip.any():
+        return flip
+    frames = np.repeat(flip, np.diff(offsets))
+    perm = mirror_permutation(components)
+    mirrored = points[frames][:, perm]
+    mirrored[..., 0] *= -1
+    points[frames] = mirrored
+    cols = list(components)
+    if "left_hand" in cols:
+        a, b = cols.index("left_hand"), cols.index("right_hand")
+        present[frames, a], present[frames, b] = present[frames, b], present[frames, a].copy()
+    return flip
+
+
 def feature_columns(components) -> dict[str, list[slice]]:
     """Which feature columns (of `frame_features`' output) belong to each component."""
     cols: dict[str, list[slice]] = {c: [] for c in components}
@@ -144,9 +231,11 @@ def uniform_frame_indices(n: int, max_frames: int) -> np.ndarray:
     return np.floor((np.arange(t) + 0.5) * n / t).astype(np.int64)
 
 
-def normalise_keypoints(keypoints: np.ndarray, components, max_frames: int | None = None) -> np.ndarray:
+def normalise_keypoints(keypoints: np.ndarray, components, max_frames: int | None = None,
+                        canonical_hand: str = "none") -> np.ndarray:
     """One sample (T, 543, 3|4) in the MediaPipe layout -> model input features (T', F) float32,
-    exactly as the evaluation batches compute them (same float16 rounding, same subsampling)."""
+    exactly as the evaluation batches compute them (same float16 rounding, same subsampling,
+    same handedness canonicalisation)."""
     from preprocess.layout import COMPONENT_SLICES
 
     kp = np.asarray(keypoints, dtype=np.float32)[..., :3]
@@ -158,6 +247,7 @@ def normalise_keypoints(keypoints: np.ndarray, components, max_frames: int | Non
     offsets = np.array([0, len(kp)])
     points = normalise_points(frames, frames["pose"], offsets, components)
     present = np.stack([~np.isnan(frames[c]).all(axis=(1, 2)) for c in components], axis=1)
+    canonicalise_hands(points, present, frames["pose"], offsets, components, canonical_hand)
     x = frame_features(torch.from_numpy(points).float()[None], torch.from_numpy(present)[None], components)
     return x[0].numpy()
 
@@ -243,6 +333,20 @@ def _truncate(ids: np.ndarray, max_len: int, eos: int) -> np.ndarray:
     return cut
 
 
+def rebind_vocab(vocab: Vocab | None, text_arrays) -> Vocab | None:
+    """A run's vocabulary names its tokenizer as found at training. A tokenizer trained into the
+    cache (`tokenizer: train`) is a folder of its text store: after the cache moved, the same text
+    store (same name = same fingerprint = same vocabulary) is found at its new place, and the
+    vocabulary is pointed there. Anything else is returned as it is."""
+    if (vocab is None or vocab.kind != "wordpiece" or vocab.tokenizer == text_arrays.tokenizer
+            or not text_arrays.meta.get("tokenizer_folder")):
+        return vocab
+    old, new = Path(str(vocab.tokenizer)), Path(str(text_arrays.tokenizer))
+    if old.parts[-2:] != new.parts[-2:]:  # text-<fingerprint>/tokenizer
+        return vocab
+    return dataclasses.replace(vocab, tokenizer=text_arrays.tokenizer)
+
+
 def encode_texts(vocab: Vocab, text_arrays, texts: np.ndarray, max_len: int) -> np.ndarray:
     """Every sample's model-id sequence (n, L) [BOS] ... [EOS] PAD in `vocab`."""
     if vocab.kind == "word":
@@ -257,6 +361,34 @@ def encode_texts(vocab: Vocab, text_arrays, texts: np.ndarray, max_len: int) -> 
                          f"vocabulary was built for {vocab.tokenizer!r}")
     real_eos = int(vocab.token_ids[vocab.eos])
     return vocab.to_model(_truncate(np.asarray(text_arrays.input_ids, np.int64), max_len, real_eos))
+
+
+@functools.lru_cache(maxsize=8)
+def _arm_groups(components: tuple) -> dict:
+    """Point positions (in the concatenation of `components`) of each arm with its hand, and the
+    first point of each hand: what `_personal_style` moves together."""
+    starts, at = {}, 0
+    for c in components:
+        starts[c] = at
+        at += COMPONENT_SIZES[c]
+    arms = []
+    for side, pose_points in (("left", (13, 15, 17, 19, 21)), ("right", (14, 16, 18, 20, 22))):
+        idx = [starts["pose"] + i for i in pose_points] if "pose" in starts else []
+        if f"{side}_hand" in starts:
+            idx += range(starts[f"{side}_hand"], starts[f"{side}_hand"] + 21)
+        if idx:
+            arms.append(torch.tensor(idx))
+    return {"arms": arms, "hands": [starts[h] for h in HANDS if h in starts]}
+
+
+def _rotation_matrices(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotations by angle (B,) about unit axis (B, 3) (Rodrigues)."""
+    zero = torch.zeros_like(angle)
+    x, y, z = axis.unbind(1)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], 1).reshape(-1, 3, 3)
+    eye = torch.eye(3, device=axis.device).expand_as(k)
+    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
+    return eye + s * k + (1 - c) * (k @ k)
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,6 +426,14 @@ class KeypointData:
             raise ValueError(f"{cache_dir}: the cache has no text store; training needs sentences")
         self.n = cache.n
         self.split = np.asarray(s["split"]).astype(str)
+        self.signers = np.asarray(s["signer"]).astype(str) if "signer" in s else np.full(cache.n, "")
+        if cfg.val_signers:  # whole people held out: validation then says how unseen signers fare
+            unknown = sorted(set(cfg.val_signers) - set(self.signers.tolist()))
+            if unknown:
+                raise ValueError(f"val_signers {unknown} are not signers of {cache_dir} "
+                                 f"(its signers: {sorted(set(self.signers.tolist()))[:20]})")
+            self.split = np.where((self.split == "train") & np.isin(self.signers, cfg.val_signers),
+                                  "val", self.split)
         self.texts = np.asarray(s["text"]).astype(str)
         self.ids = np.asarray(s["id"]).astype(str)
         labels = np.where(np.asarray(s["label"]).astype(str) == "", self.texts, s["label"]).astype(str)
@@ -307,7 +447,7 @@ class KeypointData:
 
         tx = cache.text()
         # a trained run brings its own vocabulary (evaluation); otherwise build it from the train split
-        self.vocab = vocab or build_vocab(cfg, tx, self.texts, self.rows("train"))
+        self.vocab = rebind_vocab(vocab, tx) or build_vocab(cfg, tx, self.texts, self.rows("train"))
         tokens = encode_texts(self.vocab, tx, self.texts, cfg.max_text_len)
         self.text_dim = tx.embeddings.shape[1]
         self.token_lengths = (tokens != self.vocab.pad).sum(1)
@@ -333,6 +473,8 @@ class KeypointData:
         self._offsets_np = kp.offsets
         self._points_np = normalise_points(kp.frames, kp.frames["pose"], kp.offsets, self.components)
         self._present_np = kp.present[:, [COMPONENTS.index(c) for c in self.components]]
+        self.mirrored = canonicalise_hands(self._points_np, self._present_np, kp.frames["pose"], kp.offsets,
+                                           self.components, self.cfg.canonical_hand)
 
     def _resident_bytes(self) -> int:
         return self._points_np.nbytes + self._present_np.nbytes
@@ -365,6 +507,12 @@ class KeypointData:
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
 
+    def seen_val_signers(self) -> list[str]:
+        """Validation signers who also sign in training: validation on them says little about
+        new people (the usual case when a manifest's val split is a held-out repetition)."""
+        train = set(self.signers[self.rows("train")].tolist()) - {""}
+        return sorted(train & set(self.signers[self.rows("val")].tolist()))
+
     # -- batches
     def frame_index(self, idx: np.ndarray, gen: torch.Generator | None = None, first: torch.Tensor | None = None):
         """(B, T) flat frame indices and mask for samples `idx`: random crop + speed change when
@@ -373,18 +521,28 @@ class KeypointData:
         cfg, aug = self.cfg, self.cfg.augment
         idx_t = torch.from_numpy(np.asarray(idx, np.int64))
         n = self.n_frames[idx_t].double()
+        warp = None
         if gen is not None and aug.enabled:
             u = torch.rand(3, len(idx), generator=gen, dtype=torch.float64)
             kept = torch.clamp(torch.round(n * (1 - aug.crop * u[0])), min=1)
             start = torch.floor(u[1] * (n - kept + 1))
             speed = 1 + aug.speed * (2 * u[2] - 1)
             t = torch.clamp(torch.round(kept / speed), 1, cfg.max_frames)
+            if aug.time_warp > 0:  # drawn only when on: older configs keep their random streams
+                warp = aug.time_warp * (torch.rand(2, len(idx), generator=gen, dtype=torch.float64) - 0.5)
         else:
             kept, start = n, torch.zeros_like(n)
             t = torch.clamp(n, max=cfg.max_frames)
         T = int(t.max())
         j = torch.arange(T, dtype=torch.float64)
-        src = start[:, None] + torch.floor((j[None] + 0.5) * kept[:, None] / t[:, None])
+        if warp is None:
+            src = start[:, None] + torch.floor((j[None] + 0.5) * kept[:, None] / t[:, None])
+        else:
+            # p + a1/pi sin(pi p) + a2/(2 pi) sin(2 pi p): ends fixed, local speed 1 +- (|a1| + |a2|) > 0
+            pos = (j[None] + 0.5) / t[:, None]  # where each output frame sits in the kept span, (0, 1)
+            pos = (pos + warp[0, :, None] / math.pi * torch.sin(math.pi * pos)
+                   + warp[1, :, None] / (2 * math.pi) * torch.sin(2 * math.pi * pos)).clamp(0, 1 - 1e-9)
+            src = start[:, None] + torch.floor(pos * kept[:, None])
         src = torch.minimum(src, start[:, None] + kept[:, None] - 1).long()
         mask = j[None] < t[:, None]
         first = self.offsets[idx_t] if first is None else first
@@ -404,6 +562,7 @@ class KeypointData:
         mask = mask.to(dev, non_blocking=True)
         if augment:
             points = self._affine(points, device_gen)
+            points = self._personal_style(points, device_gen)
         x = frame_features(points, present, self.components)
         if augment:
             mask = self._drop(x, mask, device_gen)
@@ -437,6 +596,36 @@ class KeypointData:
         x.mul_(cos).addcmul_(y, -sin).add_(per(shift[:, 0]))
         y.mul_(cos).addcmul_(x_old, sin).add_(per(shift[:, 1]))
         z.mul_(per(scale))
+        return points
+
+    def _personal_style(self, points: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Make each sample look signed by another person (augment.path_offset, hand_rotate_deg,
+        finger_noise; each off at 0 and then draws nothing): a slow drift of each arm and hand,
+        each hand turned about its wrist, and each finger point shifted by a constant offset
+        from the wrist (another person's handshape). Points (B, T, P, 3), NaN stays NaN."""
+        aug, (B, T) = self.cfg.augment, points.shape[:2]
+        groups = _arm_groups(tuple(self.components))
+        dev = points.device
+        if aug.path_offset > 0 and groups["arms"]:
+            time = torch.linspace(0, 1, T, device=dev)
+            for arm in groups["arms"]:
+                u = torch.rand(B, 3, 3, generator=g, device=dev)  # amplitude, frequency, phase per axis
+                amp = aug.path_offset * (2 * u[:, 0] - 1)
+                wave = torch.sin(2 * math.pi * ((0.5 + u[:, 1, :, None]) * time + u[:, 2, :, None]))
+                points[:, :, arm] += (amp[:, :, None] * wave).transpose(1, 2)[:, :, None]
+        for start in groups["hands"]:
+            hand = points[:, :, start:start + 21]
+            wrist = hand[:, :, :1]
+            rel = hand - wrist
+            if aug.hand_rotate_deg > 0:
+                axis = torch.nn.functional.normalize(torch.randn(B, 3, generator=g, device=dev), dim=1)
+                angle = math.radians(aug.hand_rotate_deg) * (2 * torch.rand(B, generator=g, device=dev) - 1)
+                rel = rel @ _rotation_matrices(axis, angle).transpose(1, 2)[:, None]
+            if aug.finger_noise > 0:
+                shift = aug.finger_noise * torch.randn(B, 1, 21, 3, generator=g, device=dev)
+                shift[:, :, 0] = 0  # the wrist stays where it is
+                rel = rel + shift
+            points[:, :, start:start + 21] = wrist + rel
         return points
 
     def _drop(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -513,6 +702,7 @@ class StreamingKeypointData(KeypointData):
         offsets = np.concatenate([[0], np.cumsum([len(p) for _, p in samples])]).astype(np.int64)
         points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width)
         present = np.concatenate([p for _, p in samples])[:, self._present_cols]
+        canonicalise_hands(points, present, frames["pose"], offsets, self.components, self.cfg.canonical_hand)
         put = (lambda a: torch.from_numpy(a).pin_memory()) if self.device.type == "cuda" else torch.from_numpy
         return put(points), put(present), torch.from_numpy(offsets[:-1].copy())
 
@@ -589,6 +779,20 @@ class BatchFeed:
 # The sampler
 
 _UNIT_JITTER = 0.1  # +-10% noise on lengths when grouping a label's clips into units of K
+
+
+def samples_per_label(labels: np.ndarray, k_max: int, batch_size: int) -> int:
+    """K of the P x K sampler for these training labels: k_max, but no more than the median label
+    has clips (at least 2, so SupCon always has a positive: an augmented second view). With one
+    clip per sentence (open-vocabulary data) K = 4 would fill a batch with 3 copies of every clip
+    and the decoder would see a quarter of the distinct sentences; K = 2 gives it half the batch."""
+    if k_max <= 2:
+        return k_max
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    k = int(min(k_max, max(2, np.median(counts)))) if len(counts) else k_max
+    while batch_size % k:  # P x K must fill the batch exactly
+        k -= 1
+    return max(k, 1)
 
 
 class PKBatchSampler:

@@ -35,6 +35,11 @@ COLUMNS = [  # (summary key, header, format)
 ]
 
 
+GROUP_COLUMNS = [("ret1_v2t", "Ret@1 v→t", "{:.3f}"), ("keypoint_nn_ret1", "keypoint NN Ret@1", "{:.3f}"),
+                 ("neg_sim", "NegSim", "{:.3f}"), ("wer", "WER", "{:.3f}"),
+                 ("retrieval_wer", "retrieval WER", "{:.3f}"), ("visual_dependence_wer", "vis.dep. (ΔWER)", "{:+.3f}")]
+
+
 def _run(cmd: list[str]) -> float:
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
@@ -75,17 +80,19 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     timing["train_s"] = _run([py, "-m", "s2t", "train", "--cache", str(cache), "--config", str(config[0]),
                               "--config-overlay", str(CPU_SCALE), "--run", str(run), *wanted])
     timing["eval_s"] = _run([py, "-m", "s2t", "eval", "--run", str(run), "--split", "test",
-                             *(["--beam", str(demo["beam"])] if demo.get("beam") else [])])
+                             *(["--beam", str(demo["beam"])] if demo.get("beam") else []),
+                             *(["--by", demo["by"]] if demo.get("by") else [])])
     (run / "demo_timing.json").write_text(json.dumps(timing))
     return json.loads(summary.read_text()), timing
 
 
-def table(rows: dict[str, dict], reference: str | None = None) -> str:
-    head = "| run | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+def table(rows: dict[str, dict], reference: str | None = None, columns=None) -> str:
+    columns = columns or COLUMNS
+    head = "| run | " + " | ".join(h for _, h, _ in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
     for name, s in rows.items():
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             v = s.get(key)
             if key == "gap" and v is None and s.get("pos_sim") is not None:
                 v = s["pos_sim"] - s["neg_sim"]
@@ -97,12 +104,27 @@ def table(rows: dict[str, dict], reference: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def group_rows(results: dict[str, dict], column: str) -> dict[str, dict]:
+    """One table row per run and group (e.g. test signer), from each summary's `by` section, with
+    the training-free keypoint baseline and the nearest-training-sentence WER beside them."""
+    rows = {}
+    for name, s in results.items():
+        for value, g in s.get("by", {}).get(column, {}).items():
+            base = g.get("baselines", {})
+            rows[f"{name} / {column} {value}"] = {
+                **g, "keypoint_nn_ret1": base.get("keypoint_nn", {}).get("ret1_v2t"),
+                "retrieval_wer": base.get("retrieval", {}).get("wer")}
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2t.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scale", default="full", choices=["tiny", "small", "full", "hard"],
+    p.add_argument("--scale", default="full", choices=["tiny", "small", "full", "hard", "signers", "open"],
                    help="corpus size and training budget (configs/demo/<scale>.yaml); full <= 20 min here; "
-                        "hard: a harder corpus (fewer clips per sentence, more signer spread), same budget")
+                        "hard: a harder corpus (fewer clips per sentence, more signer spread), same budget; "
+                        "signers: unseen people, one of them left-handed (results per test signer); "
+                        "open: test sentences never seen in training")
     p.add_argument("--ablation", action="store_true", help="also undo each recommended change alone")
     p.add_argument("--fresh", action="store_true", help="retrain even where a finished run exists")
     p.add_argument("--data", help="corpus folder (default data/demo/<scale>)")
@@ -129,14 +151,22 @@ def main(argv=None) -> int:
     out = ["## Demo: seed baseline vs recommended", "",
            f"Held-out signer (test split), corpus scale `{a.scale}`, command `make demo DEMO_SCALE={a.scale}`.", "",
            table(results)]
+    if demo.get("by"):
+        out += ["", f"Per {demo['by']} (keypoint NN: training-free nearest neighbour on keypoint paths; "
+                    "retrieval WER: answering the nearest training sentence in the run's CLIP space):", "",
+                table(group_rows(results, demo["by"]), columns=GROUP_COLUMNS)]
     if a.ablation:
-        variants = yaml.safe_load((ROOT / "configs" / "demo" / "ablation.yaml").read_text())
+        scale_ablation = ROOT / "configs" / "demo" / f"ablation_{a.scale}.yaml"  # e.g. the signers' own
+        variants = yaml.safe_load((scale_ablation if scale_ablation.exists() else
+                                   ROOT / "configs" / "demo" / "ablation.yaml").read_text())
         abl = {"recommended": results["recommended"]}
         for name, overrides in variants.items():
             abl[name], timings[name] = train_and_eval(f"ablation-{name}", "recommended", overrides, res.path,
                                                       runs, demo, a.fresh)
         out += ["", "## Ablation: recommended with one change undone (delta vs recommended)", "",
                 table(abl, reference="recommended")]
+        if demo.get("by"):
+            out += ["", f"Ablation per {demo['by']}:", "", table(group_rows(abl, demo["by"]), columns=GROUP_COLUMNS)]
     total = time.perf_counter() - t_start
     out += ["", f"Total wall time: {total / 60:.1f} min. Reports: " +
             ", ".join(str(runs / n / "eval" / "test" / "summary.md") for n in results)]

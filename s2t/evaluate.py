@@ -1,15 +1,24 @@
-"""`python -m s2t eval --run DIR --split test [--beam 4]`: is the collapse gone?
+"""`python -m s2t eval --run DIR --split test [--beam 4] [--by signer]`: is the collapse gone?
 
 One pass of the model over a split (no augmentation, no grad) gives, per sample: the CLIP and
 SupCon video embeddings, the greedy (and optionally beam) translation, the teacher-forced CE;
 and the same again with every sample's encoder output swapped for another sample's of a
 different sentence (visual dependence). From those: the embedding and generation metrics of
 `s2t.metrics`, two baselines (always the most frequent training sentence; the training sentence
-nearest in CLIP space), plots, and RUN/eval/<split>/{summary.json, summary.md, *.png}.
+nearest in CLIP space), plots, and RUN/eval/<split>/{summary.json, summary.md, predictions.jsonl,
+*.png}. Groups (`--by COLUMN`) are scored from the same pass: the metrics again on each subset.
+
+Scores: WER/BLEU/chrF against the raw references of the manifest, as sacreBLEU computes them
+(signature in the summary), lower-cased only when the model's vocabulary is uncased; the same
+against references passed through the model's tokenizer under the `*_normalised` keys.
+The checkpoint is best.safetensors (best on validation, written by `s2t train`) when the run has
+one, else last.safetensors; the summary says which.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import metrics, plots, report
+from . import baselines, metrics, plots, report
 from .data import KeypointData, Vocab, words_of
 
 
@@ -43,17 +52,24 @@ class Outputs:
     beam: list = field(default_factory=list)
     ce: list = field(default_factory=list)            # (summed nats, tokens) per batch
     ce_swapped: list = field(default_factory=list)    # the same targets, decoded from perm's memory
+    ce_sample: list = field(default_factory=list)     # (nats, tokens) tensors per sample, per batch
+    ce_swapped_sample: list = field(default_factory=list)
 
     def cat(self, name):
         return torch.cat(getattr(self, name)) if getattr(self, name) else None
 
 
-def teacher_forced_ce(model, memory, mask, tokens, pad: int) -> tuple[float, int]:
-    """Summed next-token cross-entropy (nats) over real target tokens, and their count."""
+def teacher_forced_ce(model, memory, mask, tokens, pad: int, per_sample: bool = False):
+    """Summed next-token cross-entropy (nats) over real target tokens, and their count; with
+    per_sample, both per row ((B,) tensors on the CPU), so groups and single clips can be scored."""
     logits = model.decoder_logits(memory, mask, tokens[:, :-1]).float()
     target = tokens[:, 1:]
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad, reduction="sum")
-    return float(loss), int((target != pad).sum())
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad,
+                           reduction="none").view(target.shape)
+    nats, count = loss.sum(1).cpu(), (target != pad).sum(1).cpu()
+    if per_sample:
+        return nats, count
+    return float(nats.sum()), int(count.sum())
 
 
 @torch.no_grad()
@@ -84,10 +100,14 @@ def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_l
         out.greedy += model.generate(memory, b.mask, max_len=max_len)
         if beam > 1:
             out.beam += model.generate(memory, b.mask, max_len=max_len, beam_size=beam)
-        out.ce.append(teacher_forced_ce(model, memory, b.mask, b.tokens, pad))
+        own = teacher_forced_ce(model, memory, b.mask, b.tokens, pad, per_sample=True)
         other = data.batch(partners[pos])  # the partners' videos, in the same order as b
         mem_other = model.encode(other.x, other.mask)
-        out.ce_swapped.append(teacher_forced_ce(model, mem_other, other.mask, b.tokens, pad))
+        swapped = teacher_forced_ce(model, mem_other, other.mask, b.tokens, pad, per_sample=True)
+        for whole, per, (nats, count) in ((out.ce, out.ce_sample, own),
+                                          (out.ce_swapped, out.ce_swapped_sample, swapped)):
+            per.append((nats, count))
+            whole.append((float(nats.sum()), int(count.sum())))
     return out
 
 
@@ -109,18 +129,44 @@ def reference_texts(vocab: Vocab, texts) -> list[str]:
     texts = [str(t) for t in texts]
     if vocab.kind == "word":
         return [" ".join(words_of(t)) for t in texts]
-    from preprocess.text import load_tokenizer
+    from .data import _tokenizer  # the loaded tokenizer Vocab.decode uses (loading takes ~1 s)
 
-    ids = load_tokenizer(vocab.tokenizer)(texts, add_special_tokens=False)["input_ids"]
+    ids = _tokenizer(vocab.tokenizer)(texts, add_special_tokens=False)["input_ids"]
     return vocab.decode(ids)
+
+
+def uncased(vocab: Vocab) -> bool:
+    """Whether the model's vocabulary folds case (a word vocabulary, an uncased WordPiece): then
+    its output can never match a capital, and raw-reference scores are taken lower-cased."""
+    if vocab.kind == "word":
+        return True  # words_of lower-cases
+    from .data import _tokenizer
+
+    tok, probe = _tokenizer(vocab.tokenizer), "Sign Language"
+    return tok.decode(tok(probe, add_special_tokens=False)["input_ids"]).strip() == probe.lower()
+
+
+def sample_columns(data) -> dict[str, np.ndarray]:
+    """Per-sample columns the cache keeps from the manifest (id, split, signer, label, text, fps,
+    n_frames), in cache row order. Stand-in data without a cache gives what it has."""
+    if getattr(data, "cache_dir", None) is None:
+        return {"id": np.asarray(data.ids), "text": np.asarray(data.texts), "split": np.asarray(data.split)}
+    from preprocess.store import open_cache
+
+    return dict(open_cache(data.cache_dir, text=data.cfg.text_store).samples)
+
+
+def training_rows(data: KeypointData) -> np.ndarray:
+    """One training row per distinct training sentence (its first), in row order."""
+    rows = data.rows("train")
+    _, first = np.unique(data.text_id.cpu().numpy()[rows], return_index=True)
+    return rows[np.sort(first)]
 
 
 @torch.no_grad()
 def training_gallery(model, data: KeypointData, batch_size: int = 1024):
     """Distinct training sentences (reference-normalised) and their CLIP text embeddings."""
-    rows = data.rows("train")
-    _, first = np.unique(data.text_id.cpu().numpy()[rows], return_index=True)
-    rows = rows[np.sort(first)]
+    rows = training_rows(data)
     device = next(model.parameters()).device
     emb = torch.cat([model.text_embedding(data.text_emb[torch.as_tensor(rows[a:a + batch_size])]
                                           .to(device)).float().cpu()
@@ -128,12 +174,14 @@ def training_gallery(model, data: KeypointData, batch_size: int = 1024):
     return reference_texts(data.vocab, data.texts[rows]), emb
 
 
-def most_frequent_training_sentence(data: KeypointData) -> str:
+def most_frequent_training_sentence(data: KeypointData, raw: bool = False) -> str:
+    """The most frequent training sentence, normalised like the references (raw: as written)."""
     train_ids = data.text_id.cpu().numpy()[data.rows("train")]
     if not len(train_ids):
         return ""
     top = np.bincount(train_ids).argmax()
-    return reference_texts(data.vocab, [data.texts[np.flatnonzero(data.text_id.cpu().numpy() == top)[0]]])[0]
+    text = data.texts[np.flatnonzero(data.text_id.cpu().numpy() == top)[0]]
+    return str(text).strip() if raw else reference_texts(data.vocab, [text])[0]
 
 
 def nearest_sentences(video_emb: torch.Tensor, gallery_emb: torch.Tensor, k: int = 1, block: int = 4096):
@@ -147,72 +195,187 @@ def nearest_sentences(video_emb: torch.Tensor, gallery_emb: torch.Tensor, k: int
 
 
 def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int = 64,
-             max_len: int = 40, beam: int = 0, seed: int = 0, n_examples: int = 12) -> tuple[dict, dict]:
-    """Compute the whole summary for one split. Returns (summary, extras for the plots)."""
+             max_len: int = 40, beam: int = 0, seed: int = 0, n_examples: int = 12,
+             by: list[str] | None = None, columns: dict | None = None) -> tuple[dict, dict]:
+    """Compute the whole summary for one split. Returns (summary, extras for the plots and
+    predictions.jsonl). by: per-sample columns to group by (summary["by"][column][value]);
+    columns: those columns in cache row order (default: `sample_columns(data)`)."""
     if not len(data.rows(split)):
         raise EvaluationError(f"split {split!r} has no samples; "
                               f"splits here: {sorted(set(data.split.tolist()))}")
+    columns = sample_columns(data) if columns is None else columns
+    for column in by or []:
+        if column not in columns:
+            raise EvaluationError(f"--by {column}: not a per-sample column of this cache; it keeps "
+                                  f"{sorted(columns)}")
     out = run_model(model, data, split, batch_size, max_len, beam, seed)
     index = out.cat("index").numpy()
+    n = len(index)
     labels = data.label.cpu().numpy()[index]
     text_keys = data.text_id.cpu().numpy()[index]
+    lowercase = uncased(data.vocab)
     refs = reference_texts(data.vocab, data.texts[index])
+    raw_refs = [str(t).strip() for t in data.texts[index]]
     gallery_text, gallery_emb = training_gallery(model, data)
+    gallery_raw = [str(t).strip() for t in data.texts[training_rows(data)]]
 
-    clip, text = out.cat("clip"), out.cat("text")
+    clip, text, supcon = out.cat("clip"), out.cat("text"), out.cat("supcon")
     greedy_swapped, clip_swapped = swapped_outputs(out)
     hyps, hyps_swapped = data.vocab.decode(out.greedy), data.vocab.decode(greedy_swapped)
-    summary: dict = {"split": split, "n_samples": len(index)}
-    summary["clip"] = metrics.embedding_metrics(clip, text, labels, text_keys)
-    # the SupCon head is trained on videos only: it is not in the text's space, so no text metrics
-    summary["supcon"] = metrics.video_metrics(out.cat("supcon"), labels)
-    summary["greedy"] = {**metrics.generation_metrics(hyps, refs, gallery_text), "ce": _ce(out.ce)}
-    if beam > 1:
-        summary["beam"] = metrics.generation_metrics(data.vocab.decode(out.beam), refs, gallery_text)
-        summary["beam_size"] = beam
-    summary["swapped"] = {
-        **metrics.embedding_metrics(clip_swapped, text, labels, text_keys),
-        **metrics.generation_metrics(hyps_swapped, refs, gallery_text),
-        "ce": _ce(out.ce_swapped),
-    }
-    original = {**summary["clip"], **summary["greedy"]}
-    summary["visual_dependence"] = {
-        **metrics.dependence(original, summary["swapped"]),
-        "visual_dependence_changed": metrics.changed_fraction(hyps, hyps_swapped),
-    }
-
+    beams = data.vocab.decode(out.beam) if beam > 1 else None
+    ce_own = [torch.cat(parts).double().numpy() for parts in zip(*out.ce_sample)]
+    ce_swap = [torch.cat(parts).double().numpy() for parts in zip(*out.ce_swapped_sample)]
+    # video->text gallery: the split's distinct sentences; a group is searched against it too
+    ranks = metrics.retrieval_ranks(clip, text, labels, text_keys)
+    distinct = ranks["distinct"].numpy()
+    split_gallery = (text[distinct], labels[distinct])
     # baselines: what a model that ignores the video, or only retrieves, would score
-    nearest = nearest_sentences(clip, gallery_emb)[1][:, 0].tolist() if len(gallery_text) else []
-    retrieved = [gallery_text[i] for i in nearest] or [""] * len(refs)
-    summary["baselines"] = {
-        "most_frequent": metrics.generation_metrics([most_frequent_training_sentence(data)] * len(refs),
-                                                    refs, gallery_text),
-        "retrieval": metrics.generation_metrics(retrieved, refs, gallery_text),
-    }
-    # the flat keys the user and `compare` read first: CLIP head, greedy decoding
-    summary.update({k: v for k, v in original.items() if k != "n_samples"})
-    summary.update(summary["visual_dependence"])
-    summary["warnings"] = report.diagnose(summary)
+    nearest_score, nearest = (nearest_sentences(clip, gallery_emb) if len(gallery_text)
+                              else (torch.full((n, 1), float("nan")), None))
+    retrieved = [gallery_text[i] for i in nearest[:, 0].tolist()] if nearest is not None else [""] * n
+    retrieved_raw = [gallery_raw[i] for i in nearest[:, 0].tolist()] if nearest is not None else [""] * n
+    frequent = (most_frequent_training_sentence(data), most_frequent_training_sentence(data, raw=True))
+    # the training-free bar: the sentence of the nearest training clip by keypoint path (and with
+    # the mirrored query tried too); a trained model below it has learnt less than template matching
+    keypoint_nn = {}
+    for name, mirror in (("keypoint_nn", False), ("keypoint_nn_mirror", True)) if isinstance(data, KeypointData) else ():
+        found = baselines.keypoint_nearest_neighbour(data, split, rows=index, mirror=mirror)
+        keypoint_nn[name] = (reference_texts(data.vocab, data.texts[found["neighbour"]]),
+                             [str(t).strip() for t in data.texts[found["neighbour"]]],
+                             data.text_id.cpu().numpy()[found["neighbour"]] == text_keys)
 
-    pick = np.unique(np.linspace(0, len(refs) - 1, min(n_examples, len(refs))).round().astype(int))
+    def generation(norm_hyps, raw_hyps, sel) -> dict:
+        """One system on samples `sel`: against the raw references (sacreBLEU; the headline keys)
+        and against the tokenizer-normalised ones (`*_normalised`)."""
+        raw = metrics.generation_metrics([raw_hyps[i] for i in sel], [raw_refs[i] for i in sel],
+                                         lowercase=lowercase)
+        norm = metrics.generation_metrics([norm_hyps[i] for i in sel], [refs[i] for i in sel], gallery_text)
+        raw.pop("train_copy_rate", None)
+        return {**raw, **{f"{k}_normalised": norm[k] for k in NORMALISED},
+                "train_copy_rate": norm.get("train_copy_rate", float("nan"))}
+
+    def summarise(sel: np.ndarray) -> dict:
+        """Every metric on the samples at positions `sel` of the pass (the whole split, or a group)."""
+        emb = lambda video: metrics.embedding_metrics(video[sel], text[sel], labels[sel],  # noqa: E731
+                                                      text_keys[sel], gallery=split_gallery)
+        s: dict = {"n_samples": len(sel)}
+        s["clip"] = emb(clip)
+        # the SupCon head is trained on videos only: it is not in the text's space, so no text metrics
+        s["supcon"] = metrics.video_metrics(supcon[sel], labels[sel])
+        s["greedy"] = {**generation(hyps, hyps, sel), "ce": _ce_of(ce_own, sel)}
+        if beams is not None:
+            s["beam"] = generation(beams, beams, sel)
+            s["beam_size"] = beam
+        s["swapped"] = {**emb(clip_swapped), **generation(hyps_swapped, hyps_swapped, sel),
+                        "ce": _ce_of(ce_swap, sel)}
+        original = {**s["clip"], **s["greedy"]}
+        s["visual_dependence"] = {
+            **metrics.dependence(original, s["swapped"]),
+            "visual_dependence_changed": metrics.changed_fraction([hyps[i] for i in sel],
+                                                                  [hyps_swapped[i] for i in sel]),
+        }
+        s["baselines"] = {
+            "most_frequent": generation([frequent[0]] * n, [frequent[1]] * n, sel),
+            "retrieval": generation(retrieved, retrieved_raw, sel),
+            **{name: {**generation(norm, raw, sel), "ret1_v2t": float(hit[sel].mean()) if len(sel) else float("nan")}
+               for name, (norm, raw, hit) in keypoint_nn.items()},
+        }
+        # the flat keys the user and `compare` read first: CLIP head, greedy decoding
+        s.update({k: v for k, v in original.items() if k != "n_samples"})
+        s.update(s["visual_dependence"])
+        s["warnings"] = report.diagnose(s)
+        return s
+
+    summary = {"split": split, **summarise(np.arange(n))}
+    summary["scoring"] = scoring(lowercase, data.vocab)
+    # groups: the same pass, scored again on each subset (values as the cache writes them)
+    summary["by"] = {}
+    for column in by or []:
+        values = np.asarray(columns[column])[index].astype(str)
+        summary["by"][column] = {str(v): summarise(np.flatnonzero(values == v)) for v in sorted(set(values))}
+
+    pick = np.unique(np.linspace(0, n - 1, min(n_examples, n)).round().astype(int))
     examples = [{"id": str(data.ids[index[i]]), "reference": refs[i], "hypothesis": hyps[i],
                  "swapped": hyps_swapped[i], "retrieved": retrieved[i]} for i in pick]
+    # one record per sample, in cache row order
+    top_score, top = nearest_sentences(clip, text[distinct], k=5)
+    split_sentences = [raw_refs[i] for i in distinct]
+    predictions = []
+    for i in np.argsort(index, kind="stable"):
+        row = int(index[i])
+        record = {"id": str(data.ids[row]),
+                  **{k: _plain(v[row]) for k, v in columns.items() if k not in ("id", "text")},
+                  "reference": raw_refs[i], "reference_normalised": refs[i], "greedy": hyps[i]}
+        if beams is not None:
+            record["beam"] = beams[i]
+        record.update({
+            "wer": metrics.sentence_wer(hyps[i], raw_refs[i], lowercase),
+            "wer_normalised": metrics.sentence_wer(hyps[i], refs[i]),
+            "ce": float(ce_own[0][i] / ce_own[1][i]) if ce_own[1][i] else None,
+            "greedy_swapped": hyps_swapped[i],
+            "retrieved_training": retrieved_raw[i],
+            "retrieved_training_cosine": float(nearest_score[i, 0]),
+            "rank_v2t": int(ranks["v2t"][i]),
+            "true_cosine": float(ranks["v2t_score"][i]),
+            "top5": [{"text": split_sentences[j], "cosine": float(c)}
+                     for j, c in zip(top[i].tolist(), top_score[i].tolist())],
+        })
+        predictions.append(_finite_record(record))
     pos_c, neg_c = metrics.pair_similarities(clip, labels, seed=seed)
-    pos_s, neg_s = metrics.pair_similarities(out.cat("supcon"), labels, seed=seed)
-    ranks = metrics.retrieval_ranks(clip, text, labels, text_keys)
+    pos_s, neg_s = metrics.pair_similarities(supcon, labels, seed=seed)
     extras = {"examples": examples, "pairs": {"clip": (pos_c, neg_c), "supcon": (pos_s, neg_s)},
-              "ranks": ranks}
+              "ranks": ranks, "predictions": predictions}
     return summary, extras
 
 
-def _ce(parts) -> float:
-    nats, tokens = map(sum, zip(*parts)) if parts else (0.0, 0)
-    return nats / tokens if tokens else float("nan")
+NORMALISED = ("wer", "bleu4", "chrf", "exact_match")  # scores also kept against normalised references
+
+
+def scoring(lowercase: bool, vocab: Vocab) -> dict:
+    """How the generation scores were computed, for summary.json and summary.md."""
+    case = ("lower-cased on both sides: the model's vocabulary is uncased, so its output can "
+            "never match a capital" if lowercase else "case-sensitive: the model's vocabulary keeps case")
+    return {
+        "references": "raw (the manifest's text)",
+        "lowercase": lowercase,
+        "case": case,
+        "sacrebleu": metrics.sacrebleu_signatures(lowercase),
+        "wer": f"jiwer {_version('jiwer')}, words split on whitespace"
+               + (", lower-cased" if lowercase else ""),
+        "normalised": "keys *_normalised: the same scores against references passed through the model's "
+                      f"tokenizer ({vocab.kind} {vocab.tokenizer or ''}".rstrip() + "), which drops what the "
+                      "model cannot write (case, accents, punctuation it lacks)",
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _ce_of(parts, sel) -> float:
+    """Nats per target token over the samples `sel` (parts: per-sample nats, per-sample tokens)."""
+    if not parts:
+        return float("nan")
+    tokens = parts[1][sel].sum()
+    return float(parts[0][sel].sum() / tokens) if tokens else float("nan")
+
+
+def _plain(value):
+    """A cache column's cell as a JSON value."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _finite_record(record: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def write_report(run_dir: Path, out_dir: Path, summary: dict, extras: dict) -> list[Path]:
-    """summary.json, summary.md and the PNG plots."""
+    """summary.json, summary.md, predictions.jsonl and the PNG plots."""
     files = [out_dir / "summary.json", report.write_summary(out_dir, summary, extras["examples"])]
+    if extras.get("predictions") is not None:
+        files.append(write_predictions(out_dir / "predictions.jsonl", extras["predictions"]))
     for head, (pos, neg) in extras["pairs"].items():
         files.append(plots.similarity_histogram(pos, neg, out_dir / f"similarity_{head}.png",
                                                 f"{head} head, split {summary['split']}"))
@@ -229,6 +392,40 @@ def write_report(run_dir: Path, out_dir: Path, summary: dict, extras: dict) -> l
     return files
 
 
+def write_predictions(path: Path, records: list[dict]) -> Path:
+    """One JSON object per line, written to a temporary name and renamed (never half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def default_checkpoint(run_dir) -> str:
+    """best.safetensors (best on validation) when the run has one, else last.safetensors."""
+    from .checkpoint import LAST
+    from .train import BEST
+
+    return BEST if (Path(run_dir) / BEST).is_file() else LAST
+
+
+def checkpoint_note(run_dir, name: str, asked: bool) -> dict:
+    """What the summary says about the checkpoint it scored."""
+    from .checkpoint import load_checkpoint
+    from .train import BEST
+
+    meta = load_checkpoint(Path(run_dir) / name, prefix="\0")[1]  # the metadata only, no tensors
+    best = meta.get("best")
+    if asked:
+        why = "asked for with --checkpoint"
+    elif name == BEST and best:
+        why = f"best on validation: {best['metric']} {best['value']:.4f} at step {best['step']}"
+    else:
+        why = f"the run has no {BEST} (no validation split, or a run from before it existed)"
+    return {"file": name, "step": meta.get("step"), "selected": why, "best": best}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m s2t eval", description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
@@ -237,7 +434,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", type=Path, help="evaluate on this cache instead of the run's")
     ap.add_argument("--checkpoint", help="checkpoint file name inside the run, e.g. step-000500.safetensors "
-                                         "(default: last.safetensors)")
+                                         "(default: best.safetensors when the run has one, else last.safetensors)")
+    ap.add_argument("--by", action="append", metavar="COLUMN",
+                    help="also score each group of this per-sample column (signer, label, split, ...; "
+                         "repeatable; default: signer when the split has signers; 'none': no groups)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--examples", type=int, default=12, help="example translations in the report")
     ap.add_argument("--seed", type=int, default=0, help="seed of the swap permutation")
@@ -251,17 +451,22 @@ def main(argv=None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     t0 = time.time()
     try:
-        model, cfg, info = load_run(args.run, device,
-                                    **({"checkpoint": args.checkpoint} if args.checkpoint else {}))
+        name = args.checkpoint or default_checkpoint(args.run)
+        model, cfg, info = load_run(args.run, device, checkpoint=name)
         data = KeypointData(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
+        columns = sample_columns(data)
+        by = default_by(columns, data.rows(args.split)) if args.by is None else \
+            [c for c in args.by if c.lower() != "none"]
         summary, extras = evaluate(model, data, args.split, batch_size=args.batch_size,
                                    max_len=cfg.max_text_len, beam=args.beam, seed=args.seed,
-                                   n_examples=args.examples)
+                                   n_examples=args.examples, by=by, columns=columns)
+        note = checkpoint_note(args.run, name, asked=args.checkpoint is not None)
     except (CheckpointError, CacheError, EvaluationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        from preprocess.cli import report_error
+        return report_error(e)
     summary.update({"run": str(args.run), "cache": data.cache_dir, "seconds": round(time.time() - t0, 1),
-                    "checkpoint": {k: v for k, v in info.items() if isinstance(v, (int, float, str))}})
+                    "checkpoint": {**{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
+                                   **note}})
     out_dir = args.out or args.run / "eval" / args.split
     files = write_report(args.run, out_dir, summary, extras)
     print((out_dir / "summary.md").read_text())
@@ -269,6 +474,12 @@ def main(argv=None) -> int:
         print(f"WARNING: {w}", file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def default_by(columns: dict, rows: np.ndarray) -> list[str]:
+    """Group by signer when the split's samples name their signers."""
+    signers = columns.get("signer")
+    return ["signer"] if signers is not None and any(str(s) for s in np.asarray(signers)[rows]) else []
 
 
 def _vocab(info: dict) -> Vocab | None:

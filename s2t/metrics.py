@@ -115,14 +115,15 @@ def rankme(emb, eps: float = 1e-7) -> float:
 # --------------------------------------------------------------------------- retrieval
 
 def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: Callable,
-                         ignore: Callable | None = None) -> torch.Tensor:
+                         ignore: Callable | None = None, with_scores: bool = False):
     """1-based rank of the best-scoring correct gallery item for each query (ties pessimistic).
 
     `correct(rows)` gives the (len(rows), G) bool matrix of right answers for a block of queries;
     `ignore(rows)`, if given, the gallery items that are neither right nor wrong (not ranked).
-    A query with no correct item in the gallery gets rank G + 1.
+    A query with no correct item in the gallery gets rank G + 1. with_scores: also return that
+    best correct item's cosine (-inf when there is none).
     """
-    ranks = []
+    ranks, scores = [], []
     for start in range(0, queries.shape[0], BLOCK):
         rows = torch.arange(start, min(start + BLOCK, queries.shape[0]), device=queries.device)
         sim = queries[rows] @ gallery.T
@@ -134,33 +135,53 @@ def _first_correct_ranks(queries: torch.Tensor, gallery: torch.Tensor, correct: 
         best_ok = sim.masked_fill(~ok, float("-inf")).amax(1, keepdim=True)
         wrong_ahead = ((sim >= best_ok) & wrong).sum(1)
         ranks.append(torch.where(ok.any(1), wrong_ahead + 1, gallery.shape[0] + 1))
-    return torch.cat(ranks).cpu()
+        scores.append(best_ok[:, 0])
+    ranks = torch.cat(ranks).cpu() if ranks else torch.zeros(0, dtype=torch.long)
+    if with_scores:
+        return ranks, (torch.cat(scores).cpu() if scores else torch.zeros(0))
+    return ranks
 
 
-def retrieval_ranks(video_emb, text_emb, labels, text_keys=None) -> dict:
+def retrieval_ranks(video_emb, text_emb, labels, text_keys=None, gallery=None) -> dict:
     """Ranks of the first correct answer, both directions, on one split.
 
     Galleries:
     - video -> text: the distinct sentences of the split, i.e. the text embeddings deduplicated by
       `text_keys` (default: `labels`; pass the sentence strings when one label groups several
       sentences). Each video is a query; a retrieved sentence is right when its label is the
-      video's label (several videos share a sentence).
+      video's label (several videos share a sentence). `gallery=(text embeddings, labels)`
+      searches that gallery instead: a group of a split is scored against the whole split's
+      sentences, so its ranks are the split's ranks of the same videos.
     - text -> video: all N videos; each distinct sentence is one query; a retrieved video is right
       when it has the sentence's label.
-    Returns {"v2t": (N,) ranks, "t2v": (G,) ranks, "gallery_size": G, "n_videos": N}.
+    Returns {"v2t": (N,) ranks, "v2t_score": (N,) cosine of the best correct sentence,
+    "t2v": (G,) ranks, "gallery_size", "n_videos", "distinct": (G,) positions of the distinct
+    sentences among the inputs (their first occurrence)}.
     """
     v, t = _tensor(video_emb), _tensor(text_emb).to(_tensor(video_emb).device)
-    y = label_ids(labels).to(v.device)
+    n = v.shape[0]
     keys = label_ids(labels if text_keys is None else text_keys)
     # first occurrence of each distinct text key = that sentence's embedding and label
     order = torch.argsort(keys, stable=True)
     first = torch.ones_like(keys, dtype=torch.bool)
     first[1:] = keys[order][1:] != keys[order][:-1]
-    distinct = order[first].to(v.device)
-    g_emb, g_lab = t[distinct], y[distinct]
-    v2t = _first_correct_ranks(v, g_emb, lambda r: y[r, None] == g_lab[None, :])
-    t2v = _first_correct_ranks(g_emb, v, lambda r: g_lab[r, None] == y[None, :])
-    return {"v2t": v2t, "t2v": t2v, "gallery_size": int(distinct.numel()), "n_videos": int(v.shape[0])}
+    distinct = order[first].sort().values.to(v.device)
+    if gallery is None:
+        y = label_ids(labels).to(v.device)
+        g_emb, g_lab = t[distinct], y[distinct]
+    else:  # one label space for the videos and the gallery
+        ids = label_ids(np.concatenate([_array(labels), _array(gallery[1])])).to(v.device)
+        y, g_lab = ids[:n], ids[n:]
+        g_emb = _tensor(gallery[0]).to(v.device)
+    v2t, v2t_score = _first_correct_ranks(v, g_emb, lambda r: y[r, None] == g_lab[None, :], with_scores=True)
+    q_lab = y[distinct]
+    t2v = _first_correct_ranks(t[distinct], v, lambda r: q_lab[r, None] == y[None, :])
+    return {"v2t": v2t, "v2t_score": v2t_score, "t2v": t2v, "gallery_size": int(g_emb.shape[0]),
+            "n_videos": int(n), "distinct": distinct.cpu()}
+
+
+def _array(labels) -> np.ndarray:
+    return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
 
 
 def recall_at(ranks: torch.Tensor, ks: Sequence[int] = RETRIEVAL_KS) -> dict[int, float]:
@@ -169,15 +190,16 @@ def recall_at(ranks: torch.Tensor, ks: Sequence[int] = RETRIEVAL_KS) -> dict[int
     return {k: float((ranks <= k).double().mean()) if ranks.numel() else float("nan") for k in ks}
 
 
-def embedding_metrics(video_emb, text_emb, labels, text_keys=None) -> dict:
+def embedding_metrics(video_emb, text_emb, labels, text_keys=None, gallery=None) -> dict:
     """All embedding metrics of one head on one split (see module doc for conventions).
 
     pos_sim/neg_sim/gap, rankme and uniformity are on the video embeddings; alignment is over the
-    matched (video_i, text_i) pairs; retrieval as in `retrieval_ranks`.
+    matched (video_i, text_i) pairs; retrieval as in `retrieval_ranks` (`gallery`: the video->text
+    gallery to search, for a group of a split).
     """
     v, t = _tensor(video_emb), _tensor(text_emb)
     pos, neg = pos_neg_similarity(v, labels)
-    ranks = retrieval_ranks(v, t, labels, text_keys)
+    ranks = retrieval_ranks(v, t, labels, text_keys, gallery)
     out = {"pos_sim": pos, "neg_sim": neg, "gap": pos - neg}
     for direction in ("v2t", "t2v"):
         for k, r in recall_at(ranks[direction]).items():
@@ -229,10 +251,13 @@ def video_metrics(video_emb, labels) -> dict:
 # --------------------------------------------------------------------------- generation
 
 def generation_metrics(hyps: Sequence[str], refs: Sequence[str],
-                       train_sentences: Sequence[str] | None = None) -> dict:
+                       train_sentences: Sequence[str] | None = None, lowercase: bool = False) -> dict:
     """Corpus-level WER (jiwer), BLEU-4 and chrF (sacrebleu, 0-100), exact match, train copy rate.
 
-    Strings are compared as given (the caller normalises hyps and refs the same way).
+    Strings are compared as given (raw references as sacreBLEU reads them, or hyps and refs
+    normalised the same way by the caller); lowercase=True folds case on both sides for every
+    metric (sacrebleu's own `lowercase` option for BLEU/chrF; recorded in `sacrebleu_signatures`).
+    WER splits words on whitespace (jiwer's default), so punctuation stays part of a word.
     train_copy_rate: share of hypotheses that are verbatim training sentences — near 1 with a
     high WER is the "language model over the training set" failure.
     """
@@ -242,17 +267,41 @@ def generation_metrics(hyps: Sequence[str], refs: Sequence[str],
     if not hyps:
         return {"wer": float("nan"), "bleu4": float("nan"), "chrf": float("nan"),
                 "exact_match": float("nan"), "train_copy_rate": float("nan"), "n_samples": 0}
+    bleu, chrf = _scorers(lowercase)
+    fold = (lambda x: [s.lower() for s in x]) if lowercase else list
     out = {
-        "wer": float(jiwer.wer(refs, hyps)),
-        "bleu4": float(sacrebleu.corpus_bleu(hyps, [refs]).score),
-        "chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score),
-        "exact_match": float(np.mean([h == r for h, r in zip(hyps, refs)])),
+        "wer": float(jiwer.wer(fold(refs), fold(hyps))),
+        "bleu4": float(bleu.corpus_score(hyps, [refs]).score),
+        "chrf": float(chrf.corpus_score(hyps, [refs]).score),
+        "exact_match": float(np.mean([h == r for h, r in zip(fold(hyps), fold(refs))])),
         "n_samples": len(hyps),
     }
     if train_sentences is not None:
         train = {s.strip() for s in train_sentences}
         out["train_copy_rate"] = float(np.mean([h in train for h in hyps]))
     return out
+
+
+def sentence_wer(hyp: str, ref: str, lowercase: bool = False) -> float:
+    """One sample's WER under generation_metrics' rules (for per-sample listings)."""
+    hyp, ref = (hyp.strip().lower(), ref.strip().lower()) if lowercase else (hyp.strip(), ref.strip())
+    if not ref:
+        return float("nan")
+    return float(jiwer.wer(ref, hyp))
+
+
+def _scorers(lowercase: bool):
+    return sacrebleu.metrics.BLEU(lowercase=lowercase), sacrebleu.metrics.CHRF(lowercase=lowercase)
+
+
+def sacrebleu_signatures(lowercase: bool = False) -> dict[str, str]:
+    """sacreBLEU's signature of the BLEU-4 and chrF that generation_metrics computes: what a
+    reader needs to reproduce the number (references, casing, tokenizer, smoothing, version)."""
+    signatures = {}
+    for name, scorer in zip(("bleu4", "chrf"), _scorers(lowercase)):
+        scorer.corpus_score(["a"], [["a"]])  # sacrebleu learns the number of references by scoring
+        signatures[name] = str(scorer.get_signature())
+    return signatures
 
 
 # --------------------------------------------------------------------------- visual dependence

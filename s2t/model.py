@@ -45,6 +45,7 @@ class ModelConfig:
     shared_head: bool
     logit_scale_init: float = math.log(1 / 0.07)  # CLIP's init and clamp (TrainConfig.clip_logit_scale_*)
     logit_scale_max: float = math.log(100)
+    decoder_reads_embedding: bool = False  # False: runs saved before the option load unchanged
 
     @classmethod
     def from_train_config(cls, cfg, **data_dims) -> "ModelConfig":
@@ -52,7 +53,7 @@ class ModelConfig:
                    decoder_layers=cfg.decoder_layers, heads=cfg.heads, ff_mult=cfg.ff_mult,
                    dropout=cfg.dropout, shared_head=cfg.shared_head,
                    logit_scale_init=cfg.clip_logit_scale_init, logit_scale_max=cfg.clip_logit_scale_max,
-                   **data_dims)
+                   decoder_reads_embedding=cfg.decoder_reads_embedding, **data_dims)
 
 
 def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
@@ -149,7 +150,10 @@ class SignTranslator(nn.Module):
                                         "clip": ProjectionHead(c.embed_dim, c.proj_dim)})
         self.text_proj = ProjectionHead(c.text_dim, c.proj_dim, hidden=c.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
-        self.decoder = TextDecoder(c, memory_dim=c.proj_dim if c.shared_head else c.embed_dim)
+        memory_dim = c.proj_dim if c.shared_head else c.embed_dim
+        self.decoder = TextDecoder(c, memory_dim=memory_dim)
+        if c.decoder_reads_embedding:  # the sentence-level CLIP embedding as one more memory slot
+            self.embedding_memory = nn.Linear(c.proj_dim, memory_dim)
         if token_ids is None:
             token_ids = torch.arange(c.vocab_size)
         if len(token_ids) != c.vocab_size:
@@ -167,7 +171,12 @@ class SignTranslator(nn.Module):
             raise ValueError(f"head must be 'clip' or 'supcon', got {head!r}")
         if self.config.shared_head:  # seed setup: head per frame, then pool (what the decoder reads)
             return F.normalize(masked_mean(self.heads["shared"](memory), mask).float(), dim=-1)
-        return F.normalize(self.heads[head](masked_mean(memory, mask)).float(), dim=-1)
+        return self.project_pooled(masked_mean(memory, mask), head)
+
+    def project_pooled(self, pooled: torch.Tensor, head: str = "clip") -> torch.Tensor:
+        """(N, embed_dim) pooled encoder outputs -> (N, proj_dim) L2-normalised through the current
+        head: how queued keys are re-projected (dedicated heads only)."""
+        return F.normalize(self.heads[head](pooled).float(), dim=-1)
 
     def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
         """Cached frozen sentence embeddings (B, text_dim) -> (B, proj_dim) L2-normalised."""
@@ -177,18 +186,30 @@ class SignTranslator(nn.Module):
         """exp of the learnable log logit scale, clamped at logit_scale_max as in CLIP."""
         return self.logit_scale.clamp(0, self.config.logit_scale_max).exp()
 
-    def decoder_memory(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.heads["shared"](memory) if self.config.shared_head else memory
+    def decoder_memory(self, memory: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the decoder attends to: the encoder output (through the shared head in the seed
+        setup) and, with decoder_reads_embedding, first the clip's CLIP embedding as one slot.
+        That embedding already tells sentences apart (it is trained for retrieval); the decoder
+        gets it without having to learn to pool frames itself. It is detached: the CLIP head stays
+        shaped by the contrastive loss alone."""
+        if self.config.shared_head:
+            return self.heads["shared"](memory), mask
+        if not self.config.decoder_reads_embedding:
+            return memory, mask
+        slot = self.embedding_memory(self.video_embedding(memory, mask, "clip").detach().to(memory.dtype))
+        return (torch.cat([slot[:, None].to(memory.dtype), memory], 1),
+                torch.cat([torch.ones_like(mask[:, :1]), mask], 1))
 
     def decoder_logits(self, memory, mask, input_ids) -> torch.Tensor:
         """Teacher forcing: input_ids (B,L) model ids starting with BOS -> next-token logits (B,L,V)."""
-        return self.decoder(self.decoder_memory(memory), mask, input_ids, self.config.pad_id)
+        mem, mem_mask = self.decoder_memory(memory, mask)
+        return self.decoder(mem, mem_mask, input_ids, self.config.pad_id)
 
     def forward(self, x, mask, input_ids=None, text_emb=None, heads=("supcon", "clip")) -> dict:
         """Everything one training step needs in one call (so DistributedDataParallel sees a
         forward): memory, the requested video embeddings, text embedding, decoder logits."""
         memory = self.encode(x, mask)
-        out = {"memory": memory, "logit_scale": self.clip_scale()}
+        out = {"memory": memory, "logit_scale": self.clip_scale(), "pooled": masked_mean(memory, mask)}
         for h in heads:
             out[h] = self.video_embedding(memory, mask, h)
         if text_emb is not None:
@@ -204,8 +225,8 @@ class SignTranslator(nn.Module):
         c = self.config
         B, device = memory.shape[0], memory.device
         K = max(1, beam_size)
-        mem = self.decoder_memory(memory).repeat_interleave(K, 0)
-        mmask = mask.repeat_interleave(K, 0)
+        mem, mmask = self.decoder_memory(memory, mask)
+        mem, mmask = mem.repeat_interleave(K, 0), mmask.repeat_interleave(K, 0)
         seqs = torch.full((B * K, 1), c.bos_id, dtype=torch.long, device=device)
         scores = torch.zeros(B, K, device=device)
         scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
@@ -243,6 +264,25 @@ class SignTranslator(nn.Module):
                 words.append(r)
             result.append(words)
         return result
+
+    @torch.no_grad()
+    def init_token_embeddings(self, pretrained: torch.Tensor) -> None:
+        """Start the decoder's (tied) token embeddings from a pretrained model's word embeddings
+        `pretrained` (real vocabulary, dim): rows of this model's vocabulary, reduced to embed_dim
+        by PCA when the widths differ (padded with zeros if narrower), rescaled to the init's std
+        d^-1/2. Words that mean alike then start alike: the decoder need not learn every word of a
+        sentence it has never seen from scratch."""
+        d = self.decoder.tokens.embedding_dim
+        rows = pretrained[self.token_ids.cpu()].float()
+        rows = rows - rows.mean(0)
+        if rows.shape[1] > d:
+            _, _, v = torch.linalg.svd(rows, full_matrices=False)
+            rows = rows @ v[:d].T  # (fewer than d columns when the vocabulary is smaller than d)
+        if rows.shape[1] < d:
+            rows = torch.cat([rows, rows.new_zeros(len(rows), d - rows.shape[1])], 1)
+        rows = rows * (d ** -0.5) / rows.std().clamp(min=1e-8)
+        rows[self.config.pad_id] = 0
+        self.decoder.tokens.weight.copy_(rows.to(self.decoder.tokens.weight))
 
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: no weight decay on biases, norms, embeddings and the logit scale."""

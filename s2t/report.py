@@ -36,11 +36,15 @@ EMBEDDING_ROWS = [
     ("uniformity", "uniformity (lower = more spread)", "{:.3f}"),
     ("rankme", "effective rank (RankMe)", "{:.1f}"),
 ]
-GENERATION_ROWS = [
+GENERATION_ROWS = [  # raw references (sacreBLEU); *_normalised: references through the model's tokenizer
     ("wer", "WER", "{:.3f}"),
     ("bleu4", "BLEU-4", "{:.2f}"),
     ("chrf", "chrF", "{:.2f}"),
     ("exact_match", "exact match", "{:.1%}"),
+    ("wer_normalised", "WER, normalised references", "{:.3f}"),
+    ("bleu4_normalised", "BLEU-4, normalised references", "{:.2f}"),
+    ("chrf_normalised", "chrF, normalised references", "{:.2f}"),
+    ("exact_match_normalised", "exact match, normalised references", "{:.1%}"),
     ("train_copy_rate", "output is a training sentence", "{:.1%}"),
     ("ce", "teacher-forced CE (nats/token)", "{:.3f}"),
 ]
@@ -109,6 +113,11 @@ def verdict(summary: dict) -> str:
                 words += f"; nearest training sentence in CLIP space: {base['retrieval']['wer']:.3f}"
             words += ")"
         facts.append(words)
+    nn = base.get("keypoint_nn", {}).get("ret1_v2t")
+    if _num(nn) and _num(summary.get("ret1_v2t")):
+        facts.append(f"a training-free nearest neighbour on keypoint paths finds the right sentence for "
+                     f"{nn:.1%} of the clips ({'below' if summary['ret1_v2t'] > nn else 'AT OR ABOVE'} "
+                     "the model's Ret@1)")
     if _num(summary.get("visual_dependence_wer")):
         facts.append(f"swapping the encoder output between samples raises WER by "
                      f"{summary['visual_dependence_wer']:+.3f}")
@@ -142,6 +151,45 @@ def markdown_table(columns: dict[str, dict], rows=None) -> str:
     return "\n".join(lines)
 
 
+# Columns of the per-group tables (`eval --by`): one row per group
+GROUP_COLUMNS = [
+    ("n_samples", "n", "{:.0f}"), ("ret1_v2t", "Ret@1 v→t", "{:.1%}"), ("ret5_v2t", "Ret@5 v→t", "{:.1%}"),
+    ("ret1_t2v", "Ret@1 t→v", "{:.1%}"), ("pos_sim", "PosSim", "{:.3f}"), ("neg_sim", "NegSim", "{:.3f}"),
+    ("wer", "WER", "{:.3f}"), ("bleu4", "BLEU-4", "{:.2f}"), ("chrf", "chrF", "{:.2f}"),
+    ("wer_normalised", "WER norm.", "{:.3f}"), ("bleu4_normalised", "BLEU-4 norm.", "{:.2f}"),
+    ("exact_match", "exact", "{:.1%}"), ("ce", "CE", "{:.3f}"),
+    ("visual_dependence_wer", "vis.dep. ΔWER", "{:+.3f}"),
+]
+
+
+def group_table(groups: dict[str, dict], columns=GROUP_COLUMNS) -> str:
+    """A markdown table with one row per group (its flat summary keys) and one column per metric."""
+    lines = ["| group | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name, g in groups.items():
+        cells = [fmt.format(g[k]) if _num(g.get(k)) else "n/a" for k, _, fmt in columns]
+        lines.append(f"| {_cell(name) or '(none)'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scoring_markdown(summary: dict) -> str:
+    """Which checkpoint was scored, and how WER/BLEU/chrF were computed."""
+    lines = []
+    ck = summary.get("checkpoint") or {}
+    if ck.get("file"):
+        lines.append(f"Checkpoint: `{ck['file']}` (step {ck.get('step')}; {ck.get('selected', '')}).")
+    sc = summary.get("scoring")
+    if sc:
+        sig = sc.get("sacrebleu", {})
+        lines.append(f"WER, BLEU-4, chrF and exact match are against the **raw references** "
+                     f"({sc['case']}); sacreBLEU signatures: BLEU `{sig.get('bleu4')}`, chrF "
+                     f"`{sig.get('chrf')}`; WER: {sc.get('wer')}. Rows marked *normalised references* "
+                     f"are the same against references passed through the model's tokenizer (what "
+                     f"the model can write): not comparable with published scores. Output a training "
+                     f"sentence: compared after that normalisation.")
+    return "\n\n".join(lines)
+
+
 def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
     """The whole summary.md: header, verdict, table of systems, example translations."""
     columns = {"model (CLIP head, greedy)": {**summary.get("clip", {}), **summary.get("greedy", {})}}
@@ -152,7 +200,9 @@ def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
     if summary.get("swapped"):
         columns["video swapped"] = summary["swapped"]
     for name, title in (("most_frequent", "baseline: most frequent sentence"),
-                        ("retrieval", "baseline: nearest training sentence")):
+                        ("retrieval", "baseline: nearest training sentence"),
+                        ("keypoint_nn", "baseline: keypoint nearest neighbour (no training)"),
+                        ("keypoint_nn_mirror", "baseline: keypoint NN, mirrored query too")):
         if summary.get("baselines", {}).get(name):
             columns[title] = summary["baselines"][name]
     head = (f"# Evaluation: {summary.get('run', '')} — split `{summary.get('split', '')}`\n\n"
@@ -164,7 +214,13 @@ def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
         head += (" PosSim (and the gap) are n/a: no sentence occurs twice in this split, so there"
                  " are no same-sentence pairs.")
     head += "\n\n"
-    md = head + verdict(summary) + "\n\n" + markdown_table(columns) + "\n"
+    scoring = scoring_markdown(summary)
+    md = head + (scoring + "\n\n" if scoring else "") + verdict(summary) + "\n\n" + markdown_table(columns) + "\n"
+    for column, groups in (summary.get("by") or {}).items():
+        md += (f"\n## By {column}\n\nEvery metric of each {column} is in summary.json under "
+               f"`by.{column}.<value>`. Video→text searches the whole split's {summary.get('gallery_size')} "
+               f"sentences for every group (ranks as in the table above); text→video searches the "
+               f"group's own videos.\n\n" + group_table(groups) + "\n")
     if summary.get("visual_dependence"):
         md += "\n## Visual dependence (original − swapped; positive = uses the video)\n\n"
         md += "\n".join(f"- {k}: {v:+.4f}" for k, v in summary["visual_dependence"].items()

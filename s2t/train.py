@@ -28,15 +28,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .checkpoint import (CONFIG, LAST, CheckpointError, build_model, link_checkpoint,
+from preprocess.store import write_json_atomic
+
+from .checkpoint import (CONFIG, LAST, RUN_INFO, CheckpointError, build_model, link_checkpoint,
                          load_checkpoint, read_run, save_checkpoint, strip, write_run_info)
 from .config import TrainConfig, load_config
-from .data import BatchFeed, KeypointData, PKBatchSampler, load_data
+from .data import BatchFeed, KeypointData, PKBatchSampler, load_data, samples_per_label
 from .losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss
 from .report import validation_warnings
 
 log = logging.getLogger("s2t.train")
 METRICS = "metrics.jsonl"
+BEST = "best.safetensors"  # the checkpoint with the best validation value of cfg.best_metric
+# validation metrics a best checkpoint can be chosen by -> whether higher is better
+BEST_METRICS = {"ret1_v2t": True, "ret5_v2t": True, "ret1_t2v": True, "pos_sim": True, "rankme": True,
+                "visual_dependence_ce": True, "loss": False, "ce": False, "clip": False, "supcon": False,
+                "neg_sim": False}
 
 
 class TrainingError(RuntimeError):
@@ -74,19 +81,48 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[p]
 
 
-class Losses:
-    """The three weighted losses and the queues that feed the contrastive ones."""
+def drop_tokens(inputs: torch.Tensor, p: float, unk: int, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Decoder inputs with a share p of the real tokens after BOS replaced by [UNK] (word dropout,
+    Bowman et al. 2016): the next word must then come from the video more often than from the words
+    before it, which is what a decoder that recites training sentences lacks."""
+    hit = torch.rand(inputs.shape, generator=gen, device=inputs.device) < p
+    hit[:, 0] = False  # BOS stays
+    return torch.where(hit & (inputs != pad), torch.full_like(inputs, unk), inputs)
 
-    def __init__(self, cfg: TrainConfig, vocab, device):
+
+class Losses:
+    """The three weighted losses and the queues that feed the contrastive ones.
+
+    With cfg.queue_keys == "pooled" (and the model given) the queues hold what the heads read, not
+    what they wrote: pooled encoder outputs and the frozen sentence embeddings, projected through
+    the current heads whenever they are used. Head outputs queued a few hundred steps ago come from
+    heads that have moved since; scored against them, the CLIP space folded into one cone when the
+    queue joined (issue 15: NegSim 0.32 -> 0.90). Re-projected text keys are exact (the sentence
+    encoder is frozen); video keys are only as stale as the encoder."""
+
+    def __init__(self, cfg: TrainConfig, vocab, device, model=None, text_dim: int | None = None):
         w = cfg.loss_weights
         self.weights = {"supcon": w.supcon, "clip": w.clip, "ce": w.ce}
         self.active = [k for k, v in self.weights.items() if v > 0]
         self.supcon = SupConLoss(cfg.temperature)
         self.clip = ClipLoss()
         self.caption = CaptionLoss(vocab.pad, cfg.label_smoothing)
+        self.model = model if cfg.queue_keys == "pooled" else None
+        if cfg.queue_keys == "pooled" and (model is None or text_dim is None):
+            raise ValueError("queue_keys: pooled needs the model and text_dim to re-project queued keys")
         q, d = cfg.queue_size, cfg.proj_dim
-        self.queues = {"supcon": MemoryQueue(q, d, device), "clip_video": MemoryQueue(q, d, device),
-                       "clip_text": MemoryQueue(q, d, device)}
+        video_d, text_d = (cfg.embed_dim, text_dim) if self.model is not None else (d, d)
+        self.queues = {"supcon": MemoryQueue(q, video_d, device), "clip_video": MemoryQueue(q, video_d, device),
+                       "clip_text": MemoryQueue(q, text_d, device)}
+
+    def _queued(self, name: str):
+        """(keys, labels) of a queue, re-projected through the current head when keys are pooled."""
+        feats, labels = self.queues[name].get()
+        if feats is None or self.model is None:
+            return feats, labels
+        if name == "clip_text":
+            return self.model.text_embedding(feats), labels
+        return self.model.project_pooled(feats, "supcon" if name == "supcon" else "clip"), labels
 
     def heads(self) -> tuple[str, ...]:
         return tuple(h for h in ("supcon", "clip") if h in self.active)
@@ -97,10 +133,10 @@ class Losses:
         parts = {}
         use_queue = training and use_queue
         if "supcon" in self.active:
-            qf, ql = self.queues["supcon"].get() if use_queue else (None, None)
+            qf, ql = self._queued("supcon") if use_queue else (None, None)
             parts["supcon"] = self.supcon(out["supcon"], batch.label, qf, ql, gather=training)
         if "clip" in self.active:
-            (qv, ql), (qt, _) = ((self.queues["clip_video"].get(), self.queues["clip_text"].get())
+            (qv, ql), (qt, _) = ((self._queued("clip_video"), self._queued("clip_text"))
                                  if use_queue else ((None, None), (None, None)))
             parts["clip"] = self.clip(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql,
                                       gather=training)
@@ -110,11 +146,12 @@ class Losses:
         return total, parts
 
     def push(self, out: dict, batch) -> None:
+        pooled = self.model is not None
         if "supcon" in self.active:
-            self.queues["supcon"].push(out["supcon"], batch.label)
+            self.queues["supcon"].push(out["pooled"] if pooled else out["supcon"], batch.label)
         if "clip" in self.active:
-            self.queues["clip_video"].push(out["clip"], batch.text_id)
-            self.queues["clip_text"].push(out["text"], batch.text_id)
+            self.queues["clip_video"].push(out["pooled"] if pooled else out["clip"], batch.text_id)
+            self.queues["clip_text"].push(batch.text_emb if pooled else out["text"], batch.text_id)
 
 
 @torch.no_grad()
@@ -155,6 +192,33 @@ def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autoca
     return {**mean, "pos_sim": metrics["pos_sim"], "neg_sim": metrics["neg_sim"],
             "ret1_v2t": metrics["ret1_v2t"], "ret1_t2v": metrics["ret1_t2v"], "ret5_v2t": metrics["ret5_v2t"],
             "rankme": metrics["rankme"], "n_samples": n, "head": head}
+
+
+def resolve_best_metric(cfg: TrainConfig) -> tuple[str, bool]:
+    """(validation metric that picks best.safetensors, higher is better), refused before any work
+    when this run cannot compute it."""
+    w = cfg.loss_weights
+    active = [k for k, v in (("supcon", w.supcon), ("clip", w.clip), ("ce", w.ce)) if v > 0]
+    name = cfg.best_metric
+    if name == "auto":
+        name = "ret1_v2t" if "clip" in active else "ce" if "ce" in active else "loss"
+    if name not in BEST_METRICS:
+        raise TrainingError(f"best_metric {name!r} is not a validation metric; choose auto or one of "
+                            f"{sorted(BEST_METRICS)}")
+    loss = {"visual_dependence_ce": "ce"}.get(name, name)
+    if loss in ("ce", "clip", "supcon") and loss not in active:
+        raise TrainingError(f"best_metric {name!r}: that loss is switched off in this config")
+    if name.endswith(("_v2t", "_t2v")) and "clip" not in active:
+        # without the CLIP loss the video and text embeddings share no space: retrieval is noise
+        raise TrainingError(f"best_metric {name!r} needs the CLIP loss (loss_weights.clip > 0); use ce or loss")
+    return name, BEST_METRICS[name]
+
+
+def improves(value, best: dict | None, higher: bool) -> bool:
+    """Whether a validation value beats the best so far (ties do not: the earlier step stays)."""
+    if value is None or not math.isfinite(value):
+        return False
+    return best is None or (value > best["value"] if higher else value < best["value"])
 
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:
@@ -233,6 +297,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         torch.cuda.set_device(device)
     main_proc = rank == 0
     amp_dtype = resolve_precision(cfg, device)
+    best_metric, higher = resolve_best_metric(cfg)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -261,14 +326,32 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                  time.time() - t0)
         if not has_val:
             log.warning("no 'val' split in the cache: no validation metrics will be computed")
+        elif data.seen_val_signers():
+            seen = data.seen_val_signers()
+            log.warning("validation signers %s also sign in training: validation will not predict how "
+                        "unseen people fare; hold whole signers out with val_signers=[...]%s", seen[:10],
+                        "" if len(seen) < len(set(data.signers[data.rows("val")].tolist())) else
+                        " (every validation signer is a training signer)")
+        if getattr(data, "mirrored", None) is not None and cfg.canonical_hand != "none":
+            for split in ("train", "val"):
+                r = data.rows(split)
+                if len(r):
+                    log.info("canonical_hand: %.1f%% of %s clips mirrored (signed mainly with the left hand)",
+                             100 * data.mirrored[r].mean(), split)
     info = info or {"cache": data.cache_dir, "vocab": data.vocab.to_json(), "components": data.components,
                     "in_dim": data.feature_dim, "text_dim": data.text_dim}
     model, _ = build_model(cfg, info)
     model.to(device)
     if not resume:  # (on resume the statistics come back with the weights)
         model.encoder.set_input_stats(*data.feature_stats("train"))
+        if cfg.token_init == "pretrained":
+            from preprocess.text import word_embeddings
+            source = data.vocab.tokenizer  # the model whose vocabulary the token ids index
+            model.init_token_embeddings(torch.from_numpy(word_embeddings(source)))
+            if main_proc:
+                log.info("decoder token embeddings initialised from the word embeddings of %s", source)
     raw_model = model
-    losses = Losses(cfg, data.vocab, device)
+    losses = Losses(cfg, data.vocab, device, model=raw_model, text_dim=data.text_dim)
     if world > 1:  # a switched-off loss leaves its head without gradient: tell DDP
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None,
@@ -281,16 +364,24 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    k = samples_per_label(data.label_np[train_rows], cfg.samples_per_label, cfg.batch_size)
+    if main_proc and k != cfg.samples_per_label:
+        log.info("samples_per_label: %d instead of %d (the median training label has %d clips; more "
+                 "would be augmented copies taking the place of other sentences)", k, cfg.samples_per_label,
+                 int(np.median(np.unique(data.label_np[train_rows], return_counts=True)[1])))
     sampler = PKBatchSampler(data.label_np[train_rows], data.lengths[train_rows], cfg.batch_size,
-                             cfg.samples_per_label, cfg.bucket_batches, seed=cfg.seed, rank=rank, world=world)
+                             k, cfg.bucket_batches, seed=cfg.seed, rank=rank, world=world)
     gens = {"aug_time": torch.Generator().manual_seed(cfg.seed * 1000 + rank),
             "aug_space": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)}
-    step, counters = 0, {"bad_steps": 0, "samples_seen": 0}
+    # counters travel in the checkpoint metadata: the best value so far survives --resume
+    step, counters = 0, {"bad_steps": 0, "samples_seen": 0, "best": None}
     metrics_path = run_dir / METRICS
     if resume:
         meta = restore_state(run_dir / LAST, raw_model, opt, scaler, sampler, gens, losses)
         step = meta["step"]
         counters = {k: meta.get(k, v) for k, v in counters.items()}
+        if main_proc:
+            counters["best"] = _resume_best(run_dir, counters["best"], best_metric, step)
         if world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own stream again
             torch.manual_seed(cfg.seed + 7919 * step + rank)
             for i, g in enumerate(gens.values()):
@@ -300,7 +391,10 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
             log.info("resumed %s at step %d", run_dir / LAST, step)
     elif main_proc and metrics_path.exists():
         metrics_path.unlink()  # a fresh run in a folder whose earlier run never reached a checkpoint
+    if not resume and main_proc and (run_dir / BEST).exists():
+        (run_dir / BEST).unlink()
     if main_proc:
+        info = {**info, "best_metric": best_metric, "best": counters["best"]}  # run.json says which step is best
         write_run_info(run_dir, cfg, info)  # the resolved config (with resume overrides) + vocabulary
     writer = _tensorboard(run_dir) if main_proc else None
     metrics_file = open(metrics_path, "a") if main_proc else None
@@ -319,11 +413,14 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     # sampler's after the last batch trained on, so checkpoints stay exact
     feed = BatchFeed(data, sampler, train_rows, cfg.prefetch_batches)
 
-    def checkpoint() -> None:
+    def checkpoint(best: bool = False) -> None:
         tensors, meta = training_state(raw_model, opt, scaler, feed, gens, losses, step, counters)
         periodic = run_dir / f"step-{step:06d}.safetensors"
         save_checkpoint(periodic, tensors, meta)
         link_checkpoint(periodic, run_dir / LAST)
+        if best:  # after last: best is never newer than the checkpoint a resume starts from
+            link_checkpoint(periodic, run_dir / BEST)
+            write_json_atomic(run_dir / RUN_INFO, info | {"best": counters["best"]})
         for old in sorted(run_dir.glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
             old.unlink()
 
@@ -335,6 +432,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     try:
         while step < cfg.max_steps:
             lr = lr_at(step, cfg)
+            new_best = False
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -349,8 +447,11 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 window["data_s"] += time.perf_counter() - t_data
                 # DDP: all-reduce gradients once per step, on the last micro-batch
                 last_micro = micro == cfg.accumulation_steps - 1
+                dec_in = batch.tokens[:, :-1] if "ce" in losses.active else None
+                if dec_in is not None and cfg.token_dropout > 0:
+                    dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
                 with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
-                    out = model(batch.x, batch.mask, batch.tokens[:, :-1] if "ce" in losses.active else None,
+                    out = model(batch.x, batch.mask, dec_in,
                                 batch.text_emb if "clip" in losses.active else None, heads=losses.heads())
                     total, parts = losses(out, batch, use_queue=queue_on)
                     scaler.scale(total / cfg.accumulation_steps).backward()
@@ -396,7 +497,13 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
 
             if has_val and main_proc and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 val = validate(raw_model, data, losses, cfg, autocast)
-                record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"}})
+                new_best = improves(val.get(best_metric), counters["best"], higher)
+                if new_best:
+                    counters["best"] = {"metric": best_metric, "value": float(val[best_metric]), "step": step}
+                record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"},
+                        "best_metric": best_metric, "is_best": new_best})
+                if new_best:
+                    log.info("step %d val: best %s so far (%.4f) -> %s", step, best_metric, val[best_metric], BEST)
                 log.info("step %d val: loss %.3f PosSim %.3f NegSim %.3f Ret@1 v2t %.3f t2v %.3f", step,
                          val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
                 for warning in validation_warnings(val):  # the same rule as `s2t eval`'s verdict
@@ -405,8 +512,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 dist.barrier()
 
             stopping = stop_after is not None and step >= stop_after
-            if main_proc and (step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping):
-                checkpoint()
+            if main_proc and (step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping or new_best):
+                checkpoint(best=new_best)
             if stopping:
                 log.info("stopping after step %d as asked (--stop-after)", step)
                 break
@@ -420,6 +527,21 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return val
+
+
+def _resume_best(run_dir: Path, best: dict | None, metric: str, step: int) -> dict | None:
+    """The best-so-far of the checkpoint we resume from, with best.safetensors made to agree."""
+    path = run_dir / BEST
+    if best is not None and best.get("metric") != metric:
+        log.warning("best_metric is now %s (the run kept %s): best.safetensors starts again", metric,
+                    best["metric"])
+        best = None
+    if best is None:
+        if path.exists():
+            path.unlink()
+    elif best["step"] == step:  # killed between writing last and linking best: link it now
+        link_checkpoint(run_dir / LAST, path)
+    return best
 
 
 def _tensorboard(run_dir: Path):
@@ -440,7 +562,8 @@ The config is a YAML preset (configs/train/*.yaml) optionally followed by an ove
 configs/train/cpu_scale.yaml: the same recipe with a CPU-sized model), then key=value
 overrides, e.g. batch_size=256 loss_weights.clip=0.5 augment.enabled=false.
 The run folder receives metrics.jsonl, TensorBoard logs (tb/), config.yaml, run.json and
-checkpoints (last.safetensors, step-NNNNNN.safetensors). --resume continues from
+checkpoints (last.safetensors, step-NNNNNN.safetensors, and best.safetensors: the best
+validation value of best_metric, which `s2t eval` scores). --resume continues from
 last.safetensors with the run's own config.yaml (+ any key=value overrides).
 """
 
@@ -462,6 +585,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    from .checkpoint import remove_stale_temps
     from .config import ConfigError
     try:
         if args.resume:
@@ -478,10 +602,13 @@ def main(argv=None) -> int:
             if not args.config:
                 p.error("--config is required (unless --resume)")
             cfg = load_config([args.config, *args.config_overlay], args.overrides)
+        if int(os.environ.get("RANK", 0)) == 0 and Path(args.run).is_dir():
+            for tmp in remove_stale_temps(args.run):  # a checkpoint save cut short by a kill
+                log.info("removed %s, left by an interrupted checkpoint save", tmp)
         train(cfg, args.cache, args.run, resume=args.resume, stop_after=args.stop_after)
     except (ConfigError, TrainingError, CheckpointError) as e:
-        log.error("%s", e)
-        return 1
+        from preprocess.cli import report_error
+        return report_error(e)
     return 0
 
 

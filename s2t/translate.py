@@ -9,14 +9,13 @@ made-up sentence.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data import Vocab, normalise_keypoints
+from .data import Vocab, normalise_keypoints, rebind_vocab
 
 
 NO_WORDS = "(none: the model ended the sentence at once)"
@@ -61,18 +60,11 @@ def training_fps(cache) -> float | None:
     return round(float(np.median(rates)), 3) if len(rates) else None  # float32 29.97 -> 29.97
 
 
-def has_person(keypoints: np.ndarray) -> bool:
-    """Any frame with a detected body or hand point (face alone is not someone signing)."""
-    from preprocess.layout import COMPONENT_SLICES
-
-    parts = [keypoints[:, COMPONENT_SLICES[c], :2] for c in ("pose", "left_hand", "right_hand")]
-    return bool(np.isfinite(np.concatenate(parts, axis=1)).any())
-
-
 def model_input(keypoints: np.ndarray, cfg, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """One sample's (1, T, F) features and (1, T) mask, made exactly as the evaluation batches
     make them (same components, normalisation and subsampling to max_frames)."""
-    x = torch.from_numpy(normalise_keypoints(keypoints, cfg.components, cfg.max_frames))[None].to(device)
+    x = torch.from_numpy(normalise_keypoints(keypoints, cfg.components, cfg.max_frames,
+                                             cfg.canonical_hand))[None].to(device)
     return x, torch.ones(x.shape[:2], dtype=torch.bool, device=device)
 
 
@@ -99,37 +91,39 @@ def main(argv=None) -> int:
     ap.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     ap.add_argument("--top", type=int, default=5, help="how many nearest training sentences to list")
     ap.add_argument("--cache", type=Path, help="cache for frame rate and training sentences (default: the run's)")
+    ap.add_argument("--checkpoint", help="checkpoint file name inside the run (default: best.safetensors "
+                                         "when the run has one, else last.safetensors, as `eval`)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
+    from preprocess.cli import report_error
     from preprocess.keypoint_sources import SourceError, load_keypoints
     from preprocess.store import CacheError, open_cache
 
     from .checkpoint import CheckpointError, load_run
-    from .evaluate import _vocab
+    from .evaluate import _vocab, default_checkpoint
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model, cfg, info = load_run(args.run, device)
+        model, cfg, info = load_run(args.run, device, checkpoint=args.checkpoint or default_checkpoint(args.run))
         cache = open_cache(args.cache or info["cache"], text=cfg.text_store)
-    except (CheckpointError, CacheError) as e:
-        print(f"error: {e} (the training sentences and frame rate come from the run's cache; "
-              "pass --cache if it moved)", file=sys.stderr)
-        return 1
+    except CheckpointError as e:
+        return report_error(e)
+    except CacheError as e:
+        return report_error(CacheError(f"{e} (the training sentences and frame rate come from the run's "
+                                       "cache; pass --cache if it moved)"))
     train_fps = training_fps(cache)
     settings = cache.meta.get("settings", {})
-    try:  # the model's frame rate; a .npy without one is taken to be at that rate
+    # the model's frame rate; a .npy without one is taken to be at that rate. The same checks as
+    # `make features` (no inf, no value beyond the frame, a person in some frame): never a made-up sentence
+    try:
         keypoints, fps = load_keypoints(args.file, target_fps=train_fps,
                                         default_fps=settings.get("default_fps") or train_fps or 25.0)
     except SourceError as e:
-        print(f"error: cannot translate {e.path}: {e.reason}", file=sys.stderr)
-        return 1
-    if not has_person(keypoints):
-        print(f"error: cannot translate {args.file}: no person detected in any of its "
-              f"{len(keypoints)} frames", file=sys.stderr)
-        return 1
+        return report_error(SourceError(e.path, f"cannot translate it: {e.reason}"))
     gallery = training_sentences(cache, model, device)
-    result = translate(keypoints, model, cfg, _vocab(info), gallery, beam=args.beam, top=args.top,
+    vocab = rebind_vocab(_vocab(info), cache.text())  # a tokenizer trained into the cache moved with it
+    result = translate(keypoints, model, cfg, vocab, gallery, beam=args.beam, top=args.top,
                        device=device)
     print(f"{args.file} ({len(keypoints)} frames at {fps:g} fps, {result.n_frames} to the model)")
     print(f"translation: {result.sentence or NO_WORDS}")

@@ -19,11 +19,13 @@ from preprocess.synthetic import generate_corpus
 from preprocess.text import load_tokenizer, tokenize
 from s2t import compare, evaluate, report, translate
 from s2t.config import load_config
-from s2t.data import Batch, Vocab, encode_texts, words_of
-from s2t.train import train
+from s2t.data import Batch, KeypointData, Vocab, encode_texts, words_of
+from s2t.metrics import generation_metrics, recall_at
+from s2t.train import BEST, train
 
 REQUIRED = ["pos_sim", "neg_sim", "ret1_v2t", "ret1_t2v", "ret5_v2t", "wer", "bleu4", "chrf",
             "visual_dependence_wer", "n_samples", "gallery_size"]
+TRAINING_READ: dict[str, set] = {}  # what the tiny run's training asked the data for (filled by tiny_run)
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +53,68 @@ def tiny_run(corpus, tmp_path_factory):
     cfg = load_config("configs/train/tiny_cpu.yaml",
                       ["max_steps=20", "batch_size=16", "lr=3e-3", "warmup_steps=2", "queue_size=32",
                        "log_every=5", "eval_every=10", "ckpt_every=20"])
-    train(cfg, cache, root / "run")
+    # record which splits training asks for and which samples it assembles: test must be neither
+    TRAINING_READ.update(splits=set(), batched=set())
+    real_rows, real_batch = KeypointData.rows, KeypointData.batch
+
+    def rows(self, split):
+        TRAINING_READ["splits"].add(split)
+        return real_rows(self, split)
+
+    def batch(self, idx, *args, **kwargs):
+        TRAINING_READ["batched"].update(self.split[np.asarray(idx)].tolist())
+        return real_batch(self, idx, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(KeypointData, "rows", rows)
+        mp.setattr(KeypointData, "batch", batch)
+        train(cfg, cache, root / "run")
     return root / "run"
 
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run):
+    # the default checkpoint (best on validation), as `translate` loads it: the translate tests
+    # compare its output with this one
     assert evaluate.main(["--run", str(tiny_run), "--split", "test", "--beam", "2"]) == 0
     out = tiny_run / "eval" / "test"
     return tiny_run, json.loads((out / "summary.json").read_text()), out
+
+
+def accented(text: str) -> str:
+    """A sentence as a language with capitals and accents writes it ("Díd thé pain..."): the uncased
+    tokenizer maps it back to the plain sentence, so the model sees the same ids."""
+    return text[:1].upper() + text[1:].replace("e", "é")
+
+
+@pytest.fixture(scope="module")
+def two_signers(corpus, tiny_run, tmp_path_factory):
+    """The tiny run evaluated (default checkpoint, default --by) on a copy of its cache whose test
+    split holds two signers (the val signer joins the test one) and whose test sentences are
+    capitalised and accented, as raw references of a real corpus are."""
+    root = tmp_path_factory.mktemp("two_signers")
+    rows = list(csv.DictReader(open(corpus / "manifest.csv")))
+    plain = [r["text"] for r in rows]
+    sentences = sorted(set(plain))
+    for r in rows:
+        if r["split"] != "train":
+            r["split"], r["text"] = "test", accented(r["text"])
+    texts = [r["text"] for r in rows]
+    ids, lengths = tokenize(load_tokenizer("default"), texts, 48)
+    table = np.random.default_rng(0).standard_normal((len(sentences), 384)).astype(np.float32)
+    table /= np.linalg.norm(table, axis=1, keepdims=True)  # the same stand-in embeddings as tiny_run's
+    cache = write_cache(root / "cache", [{**r, "label": "", "fps": float(r["fps"])} for r in rows],
+                        [np.load(corpus / r["path"]) for r in rows],
+                        text={"input_ids": ids, "lengths": lengths,
+                              "embeddings": table[[sentences.index(t) for t in plain]],
+                              "tokenizer": "default", "text_model": "random"})
+    out = root / "eval"
+    assert evaluate.main(["--run", str(tiny_run), "--cache", str(cache), "--split", "test",
+                          "--out", str(out)]) == 0
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    test_rows = [r for r in rows if r["split"] == "test"]
+    train_sentences = {r["text"] for r in rows if r["split"] == "train"}
+    return json.loads((out / "summary.json").read_text()), predictions, test_rows, out, train_sentences
 
 
 def test_eval_writes_the_summary_and_plots(evaluated, corpus):
@@ -86,6 +141,110 @@ def test_eval_writes_the_summary_and_plots(evaluated, corpus):
     assert "| WER |" in md and "baseline: most frequent sentence" in md
 
 
+def test_training_never_reads_the_test_split(tiny_run):
+    assert "test" not in TRAINING_READ["splits"], TRAINING_READ
+    assert TRAINING_READ["batched"] == {"train", "val"}  # (val: the periodic validation)
+
+
+def test_predictions_hold_every_sample_and_reproduce_the_retrieval_scores(two_signers):
+    summary, predictions, test_rows, _, train_sentences = two_signers
+    assert [p["id"] for p in predictions] == [r["id"] for r in test_rows]  # cache row order
+    assert len(predictions) == summary["n_samples"] == 80
+    for p, r in zip(predictions, test_rows):
+        assert (p["signer"], p["split"], p["label"], p["reference"]) == (r["signer"], "test", "", r["text"])
+        assert p["n_frames"] > 0 and p["fps"] == 15.0 and isinstance(p["greedy"], str)
+        assert p["reference_normalised"] == p["reference"].lower().replace("é", "e")
+        assert len(p["top5"]) == 5 and [t["cosine"] for t in p["top5"]] == sorted(
+            (t["cosine"] for t in p["top5"]), reverse=True)
+        assert p["retrieved_training"] in train_sentences and -1 <= p["retrieved_training_cosine"] <= 1
+        if p["rank_v2t"] == 1:  # ranked first: the top sentence is its own (ties count against it)
+            assert p["top5"][0]["text"] == p["reference"]
+            assert p["true_cosine"] == pytest.approx(p["top5"][0]["cosine"], abs=1e-6)
+    ranks = torch.tensor([p["rank_v2t"] for p in predictions])
+    for k, value in recall_at(ranks).items():
+        assert summary[f"ret{k}_v2t"] == pytest.approx(value)
+    assert summary["median_rank_v2t"] == float(ranks.float().median())
+
+
+def test_scores_are_against_the_raw_references_with_sacrebleus_signature(two_signers):
+    summary, predictions, _, out, _ = two_signers
+    hyps, raw = [p["greedy"] for p in predictions], [p["reference"] for p in predictions]
+    assert summary["scoring"]["lowercase"] is True  # DistilBERT-uncased cannot write a capital
+    assert summary["scoring"]["sacrebleu"]["bleu4"].startswith("nrefs:1|case:lc|")
+    expected = generation_metrics(hyps, raw, lowercase=True)
+    for key in ("wer", "bleu4", "chrf", "exact_match"):
+        assert summary[key] == pytest.approx(expected[key]), key
+    # the retrieval baseline answers with real training sentences: scored raw, accents count
+    base = summary["baselines"]["retrieval"]
+    assert base["wer_normalised"] < base["wer"] and base["bleu4_normalised"] > base["bleu4"]
+    md = (out / "summary.md").read_text()
+    assert summary["scoring"]["sacrebleu"]["bleu4"] in md and "normalised references" in md
+
+
+def test_groups_by_signer_are_the_metrics_of_their_samples(two_signers):
+    summary, predictions, test_rows, out, _ = two_signers
+    groups = summary["by"]["signer"]
+    assert sorted(groups) == sorted({r["signer"] for r in test_rows}) and len(groups) == 2
+    assert sum(g["n_samples"] for g in groups.values()) == summary["n_samples"]
+    for signer, g in groups.items():
+        mine = [p for p in predictions if p["signer"] == signer]
+        assert g["n_samples"] == len(mine)
+        ranks = torch.tensor([p["rank_v2t"] for p in mine])  # against the whole split's gallery
+        assert g["gallery_size"] == summary["gallery_size"]
+        for k, value in recall_at(ranks).items():
+            assert g[f"ret{k}_v2t"] == pytest.approx(value)
+        gen = generation_metrics([p["greedy"] for p in mine], [p["reference"] for p in mine], lowercase=True)
+        for key in ("wer", "bleu4", "chrf"):
+            assert g[key] == pytest.approx(gen[key]), (signer, key)
+        for key in ("pos_sim", "neg_sim", "ret1_t2v", "ce", "visual_dependence_wer"):
+            assert key in g and key in g["clip"] | g["greedy"] | g["visual_dependence"]
+    # a mean over samples: the groups' sample-weighted mean is the split's figure
+    assert sum(g["ret1_v2t"] * g["n_samples"] for g in groups.values()) / summary["n_samples"] == \
+        pytest.approx(summary["ret1_v2t"])
+    md = (out / "summary.md").read_text()
+    assert "## By signer" in md and all(f"| {s} |" in md for s in groups)
+
+
+def test_eval_scores_the_best_checkpoint_and_says_so(two_signers, tiny_run, tmp_path):
+    summary = two_signers[0]
+    best = json.loads((tiny_run / "run.json").read_text())["best"]
+    assert (tiny_run / BEST).is_file()
+    assert summary["checkpoint"]["file"] == BEST and summary["checkpoint"]["step"] == best["step"]
+    assert summary["checkpoint"]["selected"].startswith("best on validation")
+    assert f"Checkpoint: `{BEST}` (step {best['step']}" in (two_signers[3] / "summary.md").read_text()
+    assert evaluate.main(["--run", str(tiny_run), "--split", "test", "--checkpoint", "last.safetensors",
+                          "--out", str(tmp_path / "last")]) == 0
+    asked = json.loads((tmp_path / "last" / "summary.json").read_text())
+    assert asked["checkpoint"]["file"] == "last.safetensors" and asked["checkpoint"]["step"] == 20
+    assert "asked for" in asked["checkpoint"]["selected"]
+
+
+def test_compare_aggregates_runs_that_differ_only_in_seed(evaluated, tmp_path, capsys):
+    """Three seeds of one config and one run of another config: the seeds form one group with
+    mean ± sd (n) of each metric; the other run stays alone."""
+    import yaml
+
+    run, summary, _ = evaluated
+    runs = []
+    for name, seed, lr, wer in (("exp-seed0", 0, 3e-3, 0.2), ("exp-seed1", 1, 3e-3, 0.4),
+                                ("exp-seed2", 2, 3e-3, 0.9), ("other", 0, 1e-3, 0.5)):
+        d = tmp_path / name
+        (d / "eval" / "test").mkdir(parents=True)
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) | {"seed": seed, "lr": lr}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "run.json").write_text((run / "run.json").read_text())
+        (d / "eval" / "test" / "summary.json").write_text(json.dumps(summary | {"wer": wer}))
+        runs.append(str(d))
+    assert compare.main(runs) == 0
+    printed = capsys.readouterr().out
+    seeds = printed[printed.index("## Over seeds"):]
+    header = next(line for line in seeds.splitlines() if line.startswith("| metric"))
+    assert header.split("|")[2:4] == [" exp (3 seeds) ", " other "]
+    wer_row = next(line for line in seeds.splitlines() if line.startswith("| WER |"))
+    assert wer_row.split("|")[2].strip() == f"0.500 ± {np.std([0.2, 0.4, 0.9], ddof=1):.3f} (3)"
+    assert wer_row.split("|")[3].strip() == "0.500 (1)"
+
+
 def test_most_frequent_baseline_is_what_jiwer_gives(evaluated, corpus):
     _, summary, _ = evaluated
     tok = load_tokenizer("default")
@@ -97,7 +256,7 @@ def test_most_frequent_baseline_is_what_jiwer_gives(evaluated, corpus):
     refs = [norm(r["text"]) for r in rows if r["split"] == "test"]
     # every training sentence is equally frequent here: any of the tied ones is a valid answer
     candidates = {jiwer.wer(refs, [norm(t)] * len(refs)) for t, c in counts.items() if c == top}
-    assert any(summary["baselines"]["most_frequent"]["wer"] == pytest.approx(w) for w in candidates)
+    assert any(summary["baselines"]["most_frequent"]["wer_normalised"] == pytest.approx(w) for w in candidates)
     assert summary["baselines"]["retrieval"]["train_copy_rate"] == 1.0
 
 
@@ -149,7 +308,9 @@ def test_translate_feeds_the_model_what_evaluation_feeds_it(tiny_run, corpus):
 
 
 def test_translate_a_real_video(tiny_run, person_video, corpus, capsys):
-    assert translate.main([str(person_video), "--run", str(tiny_run), "--top", "5"]) == 0
+    # the fully trained weights: the best-on-validation step of this 20-step run is an early one
+    assert translate.main([str(person_video), "--run", str(tiny_run), "--top", "5",
+                           "--checkpoint", "last.safetensors"]) == 0
     lines = capsys.readouterr().out.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("translation:"))
     assert lines[i][len("translation:"):].strip() not in ("", translate.NO_WORDS), "no sentence"
@@ -324,3 +485,15 @@ def test_swapped_outputs_are_the_decoders_real_output_for_the_partner_video():
         nats, tokens = evaluate.teacher_forced_ce(model, memory, other.mask, own.tokens, data.vocab.pad)
     assert sum(n for n, _ in out.ce_swapped) == pytest.approx(nats, rel=1e-4)
     assert sum(t for _, t in out.ce_swapped) == tokens
+
+
+def test_a_group_holding_the_whole_split_has_the_splits_metrics():
+    """Groups are scored by the same code as the split: one group of everything is the split."""
+    data = FakeData()
+    summary, _ = evaluate.evaluate(StandIn(data, copy=True), data, "test", batch_size=4, by=["split"])
+    whole = summary["by"]["split"]["test"]
+    for key, value in summary.items():
+        if key in whole and key not in ("split", "by"):
+            assert whole[key] == (pytest.approx(value, nan_ok=True) if isinstance(value, float) else value), key
+    with pytest.raises(evaluate.EvaluationError, match="--by signer.*'id', 'split', 'text'"):
+        evaluate.evaluate(StandIn(data, copy=True), data, "test", batch_size=4, by=["signer"])

@@ -184,7 +184,7 @@ def test_a_decoder_that_reads_the_video_without_gain_is_not_called_blind():
 
 
 def test_verdict_on_the_users_collapsed_model_and_on_a_healthy_one():
-    # the numbers of the diagnosed failure (DESIGN.md): PosSim 0.96, NegSim 0.906, Ret@1 5%, WER ~1
+    # the numbers of the diagnosed failure (docs/ARCHITECTURE.md, §1): PosSim 0.96, NegSim 0.906, Ret@1 5%, WER ~1
     collapsed = {"pos_sim": 0.96, "neg_sim": 0.906, "gap": 0.054, "ret1_v2t": 0.05, "gallery_size": 300,
                  "wer": 1.0, "train_copy_rate": 0.98, "visual_dependence_wer": 0.01,
                  "visual_dependence_changed": 0.02}
