@@ -13,11 +13,13 @@ BACKEND   ?= loky
 SCHEDULER ?=
 RESUME    ?=
 DEMO_SCALE ?= full
+SEEDS     ?= 1
 MESSI     := /usr/share/doc/opencv-doc/examples/data/messi5.jpg
+CHROMIUM  := /usr/bin/chromium
 
 .PHONY: setup features train eval demo ablation test bench clean-venv
 
-setup: .venv/.installed $(MESSI)
+setup: .venv/.installed $(MESSI) $(CHROMIUM)
 
 # torch first and pinned: an unpinned torch pulled in by a dependency is a multi-GB CUDA build,
 # while 2.13.0 is the CPU wheel these machines carry.
@@ -33,6 +35,12 @@ $(MESSI):
 	(apt-get update -qq && apt-get install -y -qq opencv-doc) || \
 	  (echo "cannot install Debian's opencv-doc (needed for $(MESSI))"; exit 1)
 
+# headless Chromium for the report.html test (tests/test_report_html.py drives it with Playwright;
+# Debian's browser, not a downloaded one: `playwright install` needs the network)
+$(CHROMIUM):
+	(apt-get update -qq && apt-get install -y -qq chromium chromium-driver) || \
+	  (echo "cannot install Debian's chromium (needed for $(CHROMIUM))"; exit 1)
+
 features: setup
 	@if [ "$(MANIFEST)" = "data/demo/small/manifest.csv" ] && [ ! -f $(MANIFEST) ]; then \
 	  $(PY) -m preprocess synthetic --out data/demo/small --scale small; fi
@@ -46,10 +54,10 @@ eval: setup
 	$(PY) -m s2t eval --run $(RUN) --split $(SPLIT) --beam $(BEAM)
 
 demo: setup
-	$(PY) -m s2t.demo --scale $(DEMO_SCALE)
+	$(PY) -m s2t.demo --scale $(DEMO_SCALE) --seeds $(SEEDS)
 
 ablation: setup
-	$(PY) -m s2t.demo --scale $(DEMO_SCALE) --ablation
+	$(PY) -m s2t.demo --scale $(DEMO_SCALE) --ablation --seeds $(SEEDS)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -6,6 +6,8 @@ Every reader returns (float32 array (T, 543, 3) with NaN for missing points, fps
 """
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -147,32 +149,84 @@ def check_keypoints(path, points: np.ndarray) -> None:
 
 
 def _read_array(path: Path, default_fps: float) -> tuple[np.ndarray, float]:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise SourceError(path, f"cannot read array file ({e})") from e
+    """The keypoints of a .npy, or of a .npz's 'keypoints' array (or its only one) with its optional
+    'fps', told apart by their content. Whatever else such a file holds (a pickle, an object, integer
+    or complex array, a damaged zip, a truncated file, a header that lies) is a SourceError: headers
+    are checked before any data is read, so a damaged one cannot ask for gigabytes."""
     fps = default_fps
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            keys = [k for k in loaded.files if k != "fps"]
-            if "keypoints" in keys:
-                key = "keypoints"
-            elif len(keys) == 1:
-                key = keys[0]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(np.lib.format.MAGIC_PREFIX))
+            f.seek(0)
+            if head.startswith(b"PK"):
+                arr, fps = _read_npz(path, default_fps)
+            elif head == np.lib.format.MAGIC_PREFIX:
+                arr = _read_npy(path, f, os.fstat(f.fileno()).st_size, "the array")
+            elif not head:
+                raise SourceError(path, "cannot read array file: it is empty (0 bytes)")
             else:
-                raise SourceError(path, f"npz holds arrays {keys}; expected one array or a 'keypoints' key")
-            arr = loaded[key]
-            if "fps" in loaded.files:
-                fps = float(loaded["fps"])
-    else:
-        arr = loaded
-    if arr.ndim != 3 or arr.shape[1] != N_POINTS or arr.shape[2] not in (3, 4):
-        raise SourceError(path, f"array has shape {arr.shape}; expected (T, {N_POINTS}, 3 or 4)")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise SourceError(path, f"array has dtype {arr.dtype}; expected floating point")
-    if not fps > 0:
-        raise SourceError(path, f"frame rate {fps} is not positive")
-    return arr[..., :N_DIMS].astype(np.float32), fps
+                raise SourceError(path, f"cannot read array file: not a NumPy .npy/.npz file (it starts with "
+                                        f"{head!r}); pickled objects are never loaded")
+    except SourceError:
+        raise
+    except Exception as e:  # numpy, zipfile and zlib raise assorted errors on damaged files
+        raise SourceError(path, f"cannot read array file ({type(e).__name__}: {e})") from e
+    if not (np.isfinite(fps) and fps > 0):
+        raise SourceError(path, f"frame rate {fps} is not a positive finite number")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, which check_keypoints reports
+        return arr[..., :N_DIMS].astype(np.float32), fps
+
+
+def _read_npz(path: Path, default_fps: float) -> tuple[np.ndarray, float]:
+    with zipfile.ZipFile(path) as z:
+        members = {(n[:-4] if n.endswith(".npy") else n): z.getinfo(n) for n in z.namelist() if not n.endswith("/")}
+        keys = [k for k in members if k != "fps"]
+        if "keypoints" in keys:
+            key = "keypoints"
+        elif len(keys) == 1:
+            key = keys[0]
+        else:
+            raise SourceError(path, f"npz holds arrays {keys}; expected one array or a 'keypoints' key")
+        with z.open(members[key]) as f:
+            arr = _read_npy(path, f, members[key].file_size, f"array {key!r} of the npz")
+        if "fps" not in members:
+            return arr, default_fps
+        with z.open(members["fps"]) as f:
+            fps = _read_npy(path, f, members["fps"].file_size, "the npz's 'fps'", keypoints=False)
+        if fps.size != 1 or fps.dtype.kind not in "iuf":
+            raise SourceError(path, f"the npz's 'fps' is a {fps.dtype} array of shape {fps.shape}; "
+                                    "expected one number")
+        return arr, float(fps.reshape(()))
+
+
+def _read_npy(path: Path, f, size: int, what: str, keypoints: bool = True) -> np.ndarray:
+    """One .npy stream of `size` bytes; for keypoints, its header is checked before the data is read."""
+    fmt = np.lib.format
+    if f.read(len(fmt.MAGIC_PREFIX)) != fmt.MAGIC_PREFIX:
+        raise SourceError(path, f"cannot read array file: {what} is not a NumPy array (.npy) but another format "
+                                "(a pickle?); pickled objects are never loaded")
+    f.seek(0)
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise SourceError(path, f"cannot read array file: {what} has .npy format version {version}; "
+                                "expected 1.0, 2.0 or 3.0")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    if any(n < 0 for n in shape):
+        raise SourceError(path, f"cannot read array file: the header of {what} is damaged (shape {shape})")
+    if keypoints and (len(shape) != 3 or shape[1] != N_POINTS or shape[2] not in (3, 4)):
+        raise SourceError(path, f"array has shape {shape}; expected (T, {N_POINTS}, 3 or 4)")
+    if dtype.hasobject:
+        raise SourceError(path, f"{what} holds Python objects (dtype {dtype}); pickled objects are never loaded")
+    if keypoints and dtype.kind != "f":
+        raise SourceError(path, f"array has dtype {dtype}; expected floating point")
+    count = int(np.prod(shape, dtype=np.int64))
+    header_size = f.tell()
+    if size - header_size < count * dtype.itemsize:
+        raise SourceError(path, f"cannot read array file: {what} is truncated (its header says shape {shape} "
+                                f"{dtype}, {count * dtype.itemsize} bytes of data; {size - header_size} are there)")
+    data = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype, count=count)
+    return data.reshape(shape[::-1]).T if fortran_order else data.reshape(shape)
 
 
 def _read_pose(path: Path) -> tuple[np.ndarray, float]:

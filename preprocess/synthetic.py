@@ -114,6 +114,20 @@ def grammar_vocabulary() -> list[str]:
     return sorted({w for s in grammar_sentences() for w in s.split()})
 
 
+# Time phrases made only of grammar words: appended to a grammar sentence they make new sentences
+# (thousands) without new signs, for the open-vocabulary scale.
+TAILS = sorted({*_SINCE, *_AGO, *_WHEN, *_FREQUENCY} | {f"since {s}" for s in _SINCE})
+
+
+def open_sentences(n: int, max_words: int, seed: int) -> list[str]:
+    """n distinct sentences: the grammar's, and grammar sentences followed by a time phrase
+    ("do you have pain in your knee every night"), all made of the grammar's words."""
+    pool = sorted({s for s, _ in grammar_table()} | {f"{s} {t}" for s, _ in grammar_table() for t in TAILS
+                                                     if len(s.split()) + len(t.split()) <= max_words})
+    rng = np.random.default_rng([seed, 4])
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False))]
+
+
 def select_sentences(n: int, max_words: int, seed: int) -> list[str]:
     """n distinct sentences; each template weighs sqrt(its size) so big templates give many
     near-duplicates without crowding out the small ones."""
@@ -658,11 +672,11 @@ SCALES: dict[str, dict] = {
     # test signers of whom the last is left-handed; no left-handed signer in training
     "signers": {"sentences": 240, "max_words": 12, "signers": 6, "val_signers": 1, "test_signers": 2,
                 "train_reps": 2, "eval_reps": 2, "variation": 1.0, "left_handed": [5]},  # 2880 samples
-    # open vocabulary, like PHOENIX-2014-T: every sentence of the grammar, one clip each (a few
-    # signed twice), split by SENTENCE: val and test sentences never occur in training, but every
-    # word does (each is signed in training); the same 8 signers everywhere
-    "open": {"sentences": 889, "max_words": 12, "signers": 8, "split_by": "sentence",
-             "val_sentences": 60, "test_sentences": 120, "repeated": 0.1, "train_reps": 1, "eval_reps": 1},
+    # open vocabulary, like PHOENIX-2014-T: 3200 sentences (the grammar's and grammar sentences
+    # with a time phrase), one clip each (a few signed twice), split by SENTENCE: val and test
+    # sentences never occur in training, but every word does; the same 8 signers everywhere
+    "open": {"sentences": 3200, "max_words": 12, "signers": 8, "split_by": "sentence",
+             "val_sentences": 100, "test_sentences": 200, "repeated": 0.1, "train_reps": 1, "eval_reps": 1},
 }
 TASK_NOTE = ("Splits are by signer: val and test signers never appear in training. Every val/test "
              "sentence also occurs in training, signed by other signers: the task is to recognise "
@@ -709,7 +723,8 @@ def corpus_plan(scale: str = "small", seed: int = 0) -> dict:
     """Everything that decides the corpus except the per-sample randomness: sentences, lexicon,
     signers with their split, and the list of samples (id, sentence, signer, repetition)."""
     p = SCALES[scale]
-    sentences = select_sentences(p["sentences"], p["max_words"], seed)
+    sentences = (open_sentences if p.get("split_by") == "sentence" else select_sentences)(
+        p["sentences"], p["max_words"], seed)
     signers = make_signers(p["signers"], seed, p.get("difficulty", 1.0),
                            tuple(p.get("left_handed", (2,))), p.get("variation", 0.0))
     lexicon = build_lexicon(grammar_vocabulary(), seed)

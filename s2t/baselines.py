@@ -1,8 +1,8 @@
 """A training-free baseline the trained model must beat: nearest neighbour on keypoint paths.
 
 Every clip becomes one vector: the shoulder-normalised points of both arms and hands (pose
-elbows, wrists, finger tips and the 21 points of each hand; the same normalisation, and the
-same handedness canonicalisation, as the model's input), resampled to `frames` frames, each
+elbows, wrists, finger tips and the 21 points of each hand; the model's normalisation, but the
+clip as filmed: a run's handedness canonicalisation is undone), resampled to `frames` frames, each
 dimension standardised with training statistics. A clip's answer is the sentence of the
 training clip with the highest cosine. With `mirror=True` the mirrored query (x negated,
 left/right swapped) is tried as well and the better match kept: what a left-handed signer
@@ -27,7 +27,13 @@ def keypoint_paths(data: KeypointData, rows: np.ndarray, frames: int = 32, batch
     if not arms:
         raise ValueError(f"the keypoint baseline needs arm or hand points; components are {data.components}")
     cols = torch.cat(arms)
-    perm = torch.from_numpy(mirror_permutation(data.components)) if mirror else None
+    both_hands = "left_hand" in data.components and "right_hand" in data.components
+    perm = torch.from_numpy(mirror_permutation(data.components)) if both_hands else None
+    # the clips as filmed: the model's canonicalisation (data.mirrored) undone, so that the
+    # baseline is the same whatever the run's canonical_hand
+    canonical = getattr(data, "mirrored", None)
+    if canonical is None and data.cfg.canonical_hand != "none":
+        raise ValueError("the keypoint baseline needs the in-memory data (which records mirrored clips)")
     out = []
     j = torch.arange(frames, dtype=torch.float64)
     for a in range(0, len(rows), batch_size):
@@ -36,9 +42,14 @@ def keypoint_paths(data: KeypointData, rows: np.ndarray, frames: int = 32, batch
         n = data.n_frames[torch.from_numpy(idx)].double()
         flat = first[:, None] + torch.floor((j[None] + 0.5) * n[:, None] / frames).long()
         pts = table[flat.to(table.device)].float().cpu()  # (B, frames, P, 3)
-        if perm is not None:
-            pts = pts[:, :, perm]
-            pts[..., 0] = -pts[..., 0]
+        flip = np.full(len(idx), mirror) ^ (canonical[idx] if canonical is not None else False)
+        if flip.any():
+            if perm is None:
+                raise ValueError(f"mirroring needs both hands among the components, got {data.components}")
+            f = torch.from_numpy(flip)
+            mirrored = pts[f][:, :, perm]
+            mirrored[..., 0] = -mirrored[..., 0]
+            pts[f] = mirrored
         out.append(pts[:, :, cols].flatten(1))
     return torch.cat(out) if out else torch.zeros(0, frames * len(cols) * 3)
 

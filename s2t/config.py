@@ -44,7 +44,8 @@ class Augment:
     time_warp: float = 0.0     # non-uniform tempo inside the clip: local speed varies by up to +-this
     path_offset: float = 0.0   # smooth drift of each arm + hand, in shoulder widths (slow sinusoids)
     hand_rotate_deg: float = 0.0  # each hand turned about its wrist by up to this many degrees (3D)
-    finger_noise: float = 0.0  # per-sample offset of every finger point from the wrist, in hand lengths
+    finger_noise: float = 0.0  # per-sample offset of every finger point from the wrist, in shoulder widths
+    yaw_deg: float = 0.0       # camera viewpoint: the body turned about the vertical axis by up to this
 
 
 @dataclass
@@ -57,6 +58,8 @@ class TrainConfig:
     max_text_len: int = 40           # tokens incl. [CLS]/[SEP]; longer sentences are truncated
     compact_vocab: bool = True       # decoder vocabulary = tokens seen in training (+ specials)
     samples_per_label: int = 4       # K of the P x K sampler (1 = plain length-bucketed batches)
+    adapt_samples_per_label: bool = False  # K = min(samples_per_label, median clips per label, >= 2):
+                                     # with one clip per sentence, no batch of 3 augmented copies each
     bucket_batches: int = 50         # length bucketing window, in batches (sort by length inside it)
     stream: bool = False             # read samples from the cache batch by batch (caches larger than memory)
     memory_budget_mb: int = 1024     # stream: decoded keypoints held in memory at most (LRU of storage chunks)
@@ -200,6 +203,12 @@ class TrainConfig:
             in_range(f"augment.{name}", 0, 1)
         in_range("augment.shift", 0)
         in_range("augment.hand_drop", 0, 1, high_in=True)
+        in_range("augment.time_warp", 0, 1, why=" (at 1 the local speed could reach 0)")
+        in_range("augment.path_offset", 0)
+        in_range("augment.hand_rotate_deg", 0, 180, high_in=True)
+        in_range("augment.finger_noise", 0)
+        in_range("augment.yaw_deg", 0, 90, high_in=True)
+        in_range("token_dropout", 0, 1)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

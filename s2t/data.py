@@ -378,7 +378,10 @@ def _arm_groups(components: tuple) -> dict:
             idx += range(starts[f"{side}_hand"], starts[f"{side}_hand"] + 21)
         if idx:
             arms.append(torch.tensor(idx))
-    return {"arms": arms, "hands": [starts[h] for h in HANDS if h in starts]}
+    hands = [h for h in HANDS if h in starts]
+    wrists = {"left_hand": POSE_INDEX["left_wrist"], "right_hand": POSE_INDEX["right_wrist"]}
+    return {"arms": arms, "hands": [starts[h] for h in hands], "pose": starts.get("pose"),
+            "hand_wrists": [wrists[h] if "pose" in starts else None for h in hands]}
 
 
 def _rotation_matrices(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -613,6 +616,8 @@ class KeypointData:
                 amp = aug.path_offset * (2 * u[:, 0] - 1)
                 wave = torch.sin(2 * math.pi * ((0.5 + u[:, 1, :, None]) * time + u[:, 2, :, None]))
                 points[:, :, arm] += (amp[:, :, None] * wave).transpose(1, 2)[:, :, None]
+        if aug.yaw_deg > 0 and groups["pose"] is not None:
+            points = self._yaw(points, groups, math.radians(aug.yaw_deg), g)
         for start in groups["hands"]:
             hand = points[:, :, start:start + 21]
             wrist = hand[:, :, :1]
@@ -626,6 +631,33 @@ class KeypointData:
                 shift[:, :, 0] = 0  # the wrist stays where it is
                 rel = rel + shift
             points[:, :, start:start + 21] = wrist + rel
+        return points
+
+    @staticmethod
+    def _yaw(points: torch.Tensor, groups: dict, max_angle: float, g: torch.Generator) -> torch.Tensor:
+        """Another camera viewpoint: the body turned about the vertical axis by up to max_angle.
+        Pose points turn about the shoulder midline (x is centred there, z is MediaPipe's depth
+        relative to the hips); each hand turns about its own wrist and moves with the pose wrist
+        (MediaPipe gives hand z relative to the wrist). Mirroring a left-handed signer also mirrors
+        their viewpoint, so seen yaws must cover both signs."""
+        B, dev = points.shape[0], points.device
+        angle = max_angle * (2 * torch.rand(B, generator=g, device=dev) - 1)
+        cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+
+        def turn(x, z):
+            return x * cos + z * sin, z * cos - x * sin
+
+        pose = slice(groups["pose"], groups["pose"] + 33)
+        old_x = points[:, :, pose, 0].clone()
+        points[:, :, pose, 0], points[:, :, pose, 2] = turn(points[:, :, pose, 0], points[:, :, pose, 2])
+        for start, wrist in zip(groups["hands"], groups["hand_wrists"]):
+            if wrist is None:
+                continue
+            hand = points[:, :, start:start + 21]
+            rel_x, rel_z = turn(hand[..., 0] - hand[:, :, :1, 0], hand[..., 2] - hand[:, :, :1, 2])
+            moved = (points[:, :, groups["pose"] + wrist, 0] - old_x[:, :, wrist])[..., None]
+            points[:, :, start:start + 21, 0] = hand[:, :, :1, 0] + moved + rel_x
+            points[:, :, start:start + 21, 2] = hand[:, :, :1, 2] + rel_z
         return points
 
     def _drop(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:

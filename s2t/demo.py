@@ -1,6 +1,6 @@
 """`make demo` / `make ablation`: the collapse and its fix, side by side, on the built-in corpus.
 
-    python -m s2t.demo [--scale tiny|small|full|hard] [--ablation] [--fresh]
+    python -m s2t.demo [--scale tiny|small|full|hard] [--ablation] [--fresh] [--seeds N]
 
 1. generate the synthetic corpus (preprocess.synthetic) unless it is there,
 2. build (or reuse) its cache through the real `make features` path,
@@ -8,6 +8,8 @@
    (configs/train/cpu_scale.yaml) and the same budget of training samples (configs/demo/<scale>.yaml),
 4. evaluate both on the held-out signer and print one table.
 --ablation adds one run per change of the recommended recipe undone alone (configs/demo/ablation.yaml).
+--seeds N (N > 1) trains every configuration N times, runs <name>-seed0 .. <name>-seed<N-1> with
+seed=k, and the tables give each metric's mean ± sd (n) over them (`s2t.compare.aggregate`).
 Each stage is the real command line (`python -m s2t train`, `python -m s2t eval`), run as a subprocess.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from . import compare
 from .config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +120,65 @@ def group_rows(results: dict[str, dict], column: str) -> dict[str, dict]:
     return rows
 
 
+def seed_runs(name: str, seeds: int) -> list[tuple[str, list[str]]]:
+    """The runs of one configuration as (run name, extra overrides): the configuration itself with
+    its own seed when seeds <= 1, else name-seed0 .. name-seed<seeds-1> with seed=k."""
+    return [(name, [])] if seeds <= 1 else [(f"{name}-seed{k}", [f"seed={k}"]) for k in range(seeds)]
+
+
+def _with_gap(s: dict) -> dict:
+    if s.get("gap") is None and s.get("pos_sim") is not None and s.get("neg_sim") is not None:
+        return {**s, "gap": s["pos_sim"] - s["neg_sim"]}
+    return s
+
+
+def over_seeds(groups: dict[str, list[dict]], columns=None) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """{configuration: {key: (mean, sd, n)}} over its seeds' summaries (`compare.aggregate`: sd with
+    n - 1, NaN for one run; a run without a finite value of a key is left out of that key's n)."""
+    keys = [k for k, _, _ in (columns or COLUMNS)]
+    return {name: compare.aggregate([_with_gap(s) for s in runs], keys) for name, runs in groups.items()}
+
+
+def seed_table(groups: dict[str, list[dict]], reference: str | None = None, columns=None) -> str:
+    """One row per configuration, each cell mean ± sd (n) over its seeds; with a reference
+    configuration, the difference of the means in brackets."""
+    columns = columns or COLUMNS
+    agg = over_seeds(groups, columns)
+    lines = ["| run | " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name, a in agg.items():
+        cells = []
+        for key, _, fmt in columns:
+            if key not in a:
+                cells.append("–")
+                continue
+            mean, sd, n = a[key]
+            spread = f" ± {fmt.replace('+', '').format(sd)}" if math.isfinite(sd) else ""  # sd unsigned
+            cell = f"{fmt.format(mean)}{spread} ({n})"
+            if reference and name != reference and key in agg.get(reference, {}):
+                cell += f" ({mean - agg[reference][key][0]:+.3f})"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_group_rows(groups: dict[str, list[dict]], column: str) -> dict[str, list[dict]]:
+    """`group_rows` over seeds: {"<configuration> / <column> <value>": that group's row of each seed}."""
+    rows: dict[str, list[dict]] = {}
+    for name, runs in groups.items():
+        for s in runs:
+            for key, row in group_rows({name: s}, column).items():
+                rows.setdefault(key, []).append(row)
+    return rows
+
+
+def compare_json(over: dict) -> dict:
+    """over_seeds as JSON: [mean, sd, n] lists, null for an undefined sd."""
+    if "over_seeds" not in over:
+        return over
+    return {**over, "over_seeds": {c: {k: [m, sd if math.isfinite(sd) else None, n] for k, (m, sd, n) in a.items()}
+                                   for c, a in over["over_seeds"].items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m s2t.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,7 +193,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=str(ROOT / "cache"), help="cache root (default cache/)")
     p.add_argument("--runs", help="runs folder (default runs/demo-<scale>)")
     p.add_argument("--jobs", type=int, default=None, help="feature extraction workers")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train every configuration with this many seeds (runs <name>-seed0.., seed=k); "
+                        "the tables give mean ± sd (n) over them (default 1: one run, the config's seed)")
     a = p.parse_args(argv)
+    if a.seeds < 1:
+        p.error("--seeds must be at least 1")
     demo = yaml.safe_load((ROOT / "configs" / "demo" / f"{a.scale}.yaml").read_text())
     data = Path(a.data or ROOT / "data" / "demo" / a.scale)
     runs = Path(a.runs or ROOT / "runs" / f"demo-{a.scale}")
@@ -145,28 +212,56 @@ def main(argv=None) -> int:
     res = build_cache(manifest, a.cache, jobs=a.jobs)
     print(f"cache: {res.path} ({res.n_samples} samples; {'reused' if res.reused_keypoints else 'built'})")
 
-    results, timings = {}, {}
-    for preset in PRESETS:
-        results[preset], timings[preset] = train_and_eval(preset, preset, [], res.path, runs, demo, a.fresh)
+    timings = {}
+
+    def run_seeds(config: str, run_name: str, preset: str, overrides: list[str]) -> dict[str, dict]:
+        """{run name: summary} of one configuration's seeds (one run when --seeds 1)."""
+        summaries = {}
+        for name, extra in seed_runs(run_name, a.seeds):
+            summaries[name], timings[name if a.seeds > 1 else config] = train_and_eval(
+                name, preset, overrides + extra, res.path, runs, demo, a.fresh)
+        return summaries
+
+    def tables(groups: dict[str, dict[str, dict]], reference: str | None = None) -> tuple[str, str | None]:
+        """The table of the configurations (mean ± sd (n) over seeds when there are several, then
+        each run) and, when the scale names a column, its per-group table."""
+        if a.seeds == 1:
+            flat = {c: next(iter(r.values())) for c, r in groups.items()}
+            by = table(group_rows(flat, demo["by"]), columns=GROUP_COLUMNS) if demo.get("by") else None
+            return table(flat, reference=reference), by
+        lists = {c: list(r.values()) for c, r in groups.items()}
+        main_table = (seed_table(lists, reference=reference) + "\n\nEach run:\n\n"
+                      + table({n: s for r in groups.values() for n, s in r.items()}))
+        by = seed_table(seed_group_rows(lists, demo["by"]), columns=GROUP_COLUMNS) if demo.get("by") else None
+        return main_table, by
+
+    seeds_of = {preset: run_seeds(preset, preset, preset, []) for preset in PRESETS}
+    results = {n: s for r in seeds_of.values() for n, s in r.items()}
+    main_table, by_table = tables(seeds_of)
     out = ["## Demo: seed baseline vs recommended", "",
-           f"Held-out signer (test split), corpus scale `{a.scale}`, command `make demo DEMO_SCALE={a.scale}`.", "",
-           table(results)]
-    if demo.get("by"):
+           f"Held-out signer (test split), corpus scale `{a.scale}`, command `make demo DEMO_SCALE={a.scale}"
+           + (f" SEEDS={a.seeds}`. Each configuration trained with seeds 0..{a.seeds - 1}: mean ± sd (n runs), "
+              "sd with n − 1." if a.seeds > 1 else "`."), "", main_table]
+    if by_table:
         out += ["", f"Per {demo['by']} (keypoint NN: training-free nearest neighbour on keypoint paths; "
                     "retrieval WER: answering the nearest training sentence in the run's CLIP space):", "",
-                table(group_rows(results, demo["by"]), columns=GROUP_COLUMNS)]
+                by_table]
+    over = {"seeds": a.seeds}
+    if a.seeds > 1:
+        over["over_seeds"] = over_seeds({c: list(r.values()) for c, r in seeds_of.items()})
     if a.ablation:
         scale_ablation = ROOT / "configs" / "demo" / f"ablation_{a.scale}.yaml"  # e.g. the signers' own
         variants = yaml.safe_load((scale_ablation if scale_ablation.exists() else
                                    ROOT / "configs" / "demo" / "ablation.yaml").read_text())
-        abl = {"recommended": results["recommended"]}
+        abl = {"recommended": seeds_of["recommended"]}
         for name, overrides in variants.items():
-            abl[name], timings[name] = train_and_eval(f"ablation-{name}", "recommended", overrides, res.path,
-                                                      runs, demo, a.fresh)
-        out += ["", "## Ablation: recommended with one change undone (delta vs recommended)", "",
-                table(abl, reference="recommended")]
-        if demo.get("by"):
-            out += ["", f"Ablation per {demo['by']}:", "", table(group_rows(abl, demo["by"]), columns=GROUP_COLUMNS)]
+            abl[name] = run_seeds(name, f"ablation-{name}", "recommended", overrides)
+        abl_table, abl_by = tables(abl, reference="recommended")
+        out += ["", "## Ablation: recommended with one change undone (delta vs recommended)", "", abl_table]
+        if abl_by:
+            out += ["", f"Ablation per {demo['by']}:", "", abl_by]
+        if a.seeds > 1:
+            over["over_seeds"].update(over_seeds({c: list(r.values()) for c, r in abl.items()}))
     total = time.perf_counter() - t_start
     out += ["", f"Total wall time: {total / 60:.1f} min. Reports: " +
             ", ".join(str(runs / n / "eval" / "test" / "summary.md") for n in results)]
@@ -175,7 +270,8 @@ def main(argv=None) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     (runs / ("ablation.md" if a.ablation else "demo.md")).write_text(text + "\n")
     (runs / ("ablation.json" if a.ablation else "demo.json")).write_text(
-        json.dumps({"scale": a.scale, "results": results, "timings": timings, "total_s": total}, indent=1))
+        json.dumps({"scale": a.scale, "results": results, "timings": timings, "total_s": total,
+                    **compare_json(over)}, indent=1))
     return 0
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import baselines, metrics, plots, report
+from . import baselines, html_report, metrics, plots, report
 from .data import KeypointData, Vocab, words_of
 
 
@@ -372,7 +372,7 @@ def _finite_record(record: dict) -> dict:
 
 
 def write_report(run_dir: Path, out_dir: Path, summary: dict, extras: dict) -> list[Path]:
-    """summary.json, summary.md, predictions.jsonl and the PNG plots."""
+    """summary.json, summary.md, predictions.jsonl, the PNG plots and report.html."""
     files = [out_dir / "summary.json", report.write_summary(out_dir, summary, extras["examples"])]
     if extras.get("predictions") is not None:
         files.append(write_predictions(out_dir / "predictions.jsonl", extras["predictions"]))
@@ -389,6 +389,9 @@ def write_report(run_dir: Path, out_dir: Path, summary: dict, extras: dict) -> l
         curves = plots.training_curves(log, out_dir / "training_curves.png")
         if curves:
             files.append(curves)
+    # last: the page inlines the plots above and reads the chosen clips' keypoints from the cache
+    files.append(html_report.write_html_report(out_dir, summary, extras.get("predictions") or [],
+                                               extras["examples"], plots=[f for f in files if f.suffix == ".png"]))
     return files
 
 

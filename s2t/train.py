@@ -221,6 +221,23 @@ def improves(value, best: dict | None, higher: bool) -> bool:
     return best is None or (value > best["value"] if higher else value < best["value"])
 
 
+NEG_SIM_JUMP = 0.2  # a rise of val NegSim this large between two validations is a collapse starting
+
+
+def neg_sim_jump(before: dict, now: dict, cfg: TrainConfig, step: int) -> str | None:
+    """A warning when val NegSim jumped since the last validation: the embedding space is folding
+    into a cone (issue 15 saw 0.32 -> 0.90 right after the memory queue joined). Names the queue
+    when it joined in between, since that is the usual cause."""
+    a, b = before.get("neg_sim"), now.get("neg_sim")
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b - a < NEG_SIM_JUMP:
+        return None
+    cause = (f"; the memory queue joined at step {cfg.queue_start} (queue_keys: {cfg.queue_keys}): "
+             "queue_keys: pooled re-projects queued keys through the current heads"
+             if cfg.queue_size and cfg.queue_start <= step else "")
+    return (f"NegSim rose from {a:.3f} to {b:.3f} since the last validation: the embeddings are "
+            f"collapsing into one cone{cause}. The best checkpoint so far is kept as best.safetensors")
+
+
 def all_ranks_finite(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank (one host sync; one tiny all_reduce under DDP)."""
     ok = torch.isfinite(loss).float()
@@ -364,7 +381,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    k = samples_per_label(data.label_np[train_rows], cfg.samples_per_label, cfg.batch_size)
+    k = (samples_per_label(data.label_np[train_rows], cfg.samples_per_label, cfg.batch_size)
+         if cfg.adapt_samples_per_label else cfg.samples_per_label)
     if main_proc and k != cfg.samples_per_label:
         log.info("samples_per_label: %d instead of %d (the median training label has %d clips; more "
                  "would be augmented copies taking the place of other sentences)", k, cfg.samples_per_label,
@@ -388,7 +406,14 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 g.manual_seed(cfg.seed * 1000 + 7919 * step + 2 * rank + i)
         if main_proc:
             truncate_metrics(metrics_path, step)
-            log.info("resumed %s at step %d", run_dir / LAST, step)
+            # what was restored, in one line: where the sampler stands and how full the queues are
+            queued = [name for loss, names in (("supcon", ["supcon"]), ("clip", ["clip_video", "clip_text"]))
+                      if loss in losses.active for name in names]
+            queues = (", ".join(f"{n} {losses.queues[n].count}/{losses.queues[n].size}" for n in queued)
+                      + f" (joining at step {cfg.queue_start})" if cfg.queue_size and queued else "off")
+            log.info("resumed %s at step %d: sampler epoch %d, batch %d of %d in the epoch; memory queues %s; "
+                     "%d samples seen", run_dir / LAST, step, sampler.epoch, sampler.position, len(sampler._plan),
+                     queues, counters["samples_seen"])
     elif main_proc and metrics_path.exists():
         metrics_path.unlink()  # a fresh run in a folder whose earlier run never reached a checkpoint
     if not resume and main_proc and (run_dir / BEST).exists():
@@ -427,7 +452,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     from tqdm import tqdm
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_proc, dynamic_ncols=True, desc="train")
     window = {"t": time.time(), "samples": 0, "data_s": 0.0}
-    val = {}
+    val, previous_val = {}, {}
     model.train()
     try:
         while step < cfg.max_steps:
@@ -508,6 +533,10 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                          val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
                 for warning in validation_warnings(val):  # the same rule as `s2t eval`'s verdict
                     log.warning("step %d val (%s head): %s", step, val["head"], warning)
+                drift = neg_sim_jump(previous_val, val, cfg, step)
+                if drift:
+                    log.warning("step %d val: %s", step, drift)
+                previous_val = val
             if world > 1:
                 dist.barrier()
 

@@ -114,3 +114,13 @@ def test_pretrained_token_embeddings_keep_word_similarity(corpus):  # noqa: F811
     b = cos(model.decoder.tokens.weight[keep]).flatten().detach()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9  # the geometry of the words survives the PCA
     assert model.decoder.tokens.weight[model.config.pad_id].abs().sum() == 0
+
+
+def test_a_neg_sim_jump_after_the_queue_joins_is_reported():
+    from s2t.train import neg_sim_jump
+    cfg = tiny_cfg("queue_size=64", "queue_start=10")
+    said = neg_sim_jump({"neg_sim": 0.32}, {"neg_sim": 0.90}, cfg, step=20)
+    assert "0.320 to 0.900" in said and "queue joined at step 10" in said
+    assert neg_sim_jump({"neg_sim": 0.32}, {"neg_sim": 0.40}, cfg, step=20) is None
+    assert "queue" not in neg_sim_jump({"neg_sim": 0.1}, {"neg_sim": 0.9}, tiny_cfg("queue_size=0"), step=20)
+    assert neg_sim_jump({}, {"neg_sim": 0.9}, cfg, step=20) is None  # the first validation

@@ -2,13 +2,17 @@
 checkpoints that refuse edits and clean up after a kill, range-checked configs, a cache reused
 without a write, concurrent text-store writers."""
 import csv
+import io
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +197,193 @@ def test_translate_refuses_non_finite_input(tiny_run, tmp_path, capsys):
         assert "translation:" not in captured.out and "nan" not in captured.out
 
 
+# ----------------------------------------------------------------------------- 2b. fuzzed array files
+
+def _npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _good_array(rng) -> np.ndarray:
+    """What a detector gives: (T, 543, 3|4) floats, whole parts missing (NaN) in some frames."""
+    frames = int(rng.integers(1, 12))
+    a = rng.uniform(-0.5, 1.5, size=(frames, 543, 3)).astype(np.float64)
+    a[..., 2] *= rng.choice([1.0, 500.0])  # z: MediaPipe units or pose-format's width-scaled ones
+    for part in ("face", "left_hand", "right_hand", "pose"):
+        a[rng.random(frames) < 0.3, COMPONENT_SLICES[part]] = np.nan
+    a[0, COMPONENT_SLICES["pose"]] = rng.uniform(0.2, 0.8, size=(33, 3))  # somebody in frame 0
+    if rng.random() < 0.3:
+        a = np.concatenate([a, rng.uniform(0, 1, size=(frames, 543, 1))], axis=2)  # a visibility column
+    dtype = rng.choice(["<f4", "<f8", "<f2", ">f4", ">f8"])
+    a = np.asarray(a, dtype=np.dtype(dtype))
+    return np.asfortranarray(a) if rng.random() < 0.2 else a
+
+
+def _bad_file(path: Path, rng, kind: str, nth: int) -> None:
+    """Write the nth bad .npy/.npz of the given kind (the name's extension says which container); the
+    variants of a kind take turns, so every one is written whatever the seed."""
+    def variant(options):
+        return options[nth % len(options)]
+
+    frames = int(rng.integers(1, 12))
+    good = rng.uniform(0.2, 0.8, size=(frames, 543, 3)).astype(np.float32)
+    if kind == "ndim":
+        shape = variant([(frames, 543), (543, 3), (frames, 543, 3, 1), (), (frames * 543 * 3,)])
+        arr = rng.uniform(0, 1, size=shape).astype(np.float32)
+    elif kind == "points":
+        arr = rng.uniform(0, 1, size=(frames, int(rng.choice([0, 1, 33, 75, 542, 544, 553])), 3)).astype(np.float32)
+    elif kind == "dims":
+        arr = rng.uniform(0, 1, size=(frames, 543, int(rng.choice([0, 1, 2, 5, 6])))).astype(np.float32)
+    elif kind == "dtype":
+        dtype = variant(["i1", "i4", "i8", "u1", "?", "c8", "c16", "M8[s]", "U3", "V12"])
+        arr = (good * 100).astype(dtype) if dtype[0] not in "MmUSV" else np.zeros(good.shape, dtype=dtype)
+    elif kind == "structured":
+        arr = np.zeros((frames, 543), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    elif kind == "empty":
+        arr = np.zeros(variant([(0, 543, 3), (0,), (frames, 0, 3), (0, 0, 0)]), np.float32)
+    elif kind == "nan_only":
+        arr = np.full(good.shape, np.nan, np.float32)
+    elif kind == "face_only":  # a face and nothing else is not someone signing
+        arr = np.full(good.shape, np.nan, np.float32)
+        arr[:, COMPONENT_SLICES["face"]] = good[:, COMPONENT_SLICES["face"]]
+    elif kind == "inf":
+        arr = good.copy()
+        n = int(rng.integers(1, 20))
+        arr.reshape(-1)[rng.choice(arr.size, n, replace=False)] = rng.choice([np.inf, -np.inf], n)
+    elif kind == "overflow":  # finite float64 that is inf once float32
+        arr = good.astype(np.float64)
+        arr[int(rng.integers(frames)), int(rng.integers(543)), int(rng.integers(3))] = rng.choice([1e39, -1e300])
+    elif kind == "pixels":
+        arr = good.copy()
+        arr[..., :2] *= rng.choice([640.0, 1920.0])
+    elif kind == "far_point":
+        arr = good.copy()
+        arr[int(rng.integers(frames)), int(rng.integers(543)), int(rng.integers(2))] = rng.choice([11.0, -50.0, 3e4])
+    elif kind == "deep":
+        arr = good.copy()
+        arr[int(rng.integers(frames)), int(rng.integers(543)), 2] = rng.choice([7e4, -1e6, 3e38])
+    elif kind == "object":  # pickled inside the .npy: one object per frame, or per coordinate
+        arr = np.empty(variant([(frames,), good.shape]), dtype=object)
+        arr[:] = [good[i] for i in range(frames)] if arr.ndim == 1 else good
+    if kind in {"ndim", "points", "dims", "dtype", "structured", "empty", "nan_only", "face_only", "inf",
+                "overflow", "pixels", "far_point", "deep", "object"}:
+        if path.suffix == ".npz":
+            np.savez(path, **{str(rng.choice(["keypoints", "arr_0", "data"])): arr})
+        else:
+            np.save(path, arr, allow_pickle=True)
+        return
+    if kind == "truncated":  # a good file cut anywhere: in the magic, the header or the data
+        buf = io.BytesIO()
+        save = rng.choice([np.savez, np.savez_compressed]) if path.suffix == ".npz" else np.save
+        save(buf, keypoints=good) if path.suffix == ".npz" else save(buf, good)
+        data = buf.getvalue()
+        path.write_bytes(data[: int(rng.integers(0, len(data)))])
+    elif kind == "random_bytes":
+        prefix = variant([b"", np.lib.format.MAGIC_PREFIX, b"PK\x03\x04", b"\x80\x04"])
+        path.write_bytes(prefix + rng.bytes(int(rng.integers(0, 3000))))
+    elif kind == "lying_header":  # a valid header whose data is missing, short or absurdly large
+        shape = variant([(frames + int(rng.integers(1, 50)), 543, 3), (10**7, 543, 3), (2**40, 543, 3),
+                         (frames, 543, 3)])
+        body = good.tobytes()[: int(rng.integers(0, good.nbytes))] if shape[0] == frames else good.tobytes()
+        data = _npy_header(shape) + body
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("keypoints.npy", data)
+        else:
+            path.write_bytes(data)
+    elif kind == "garbage_header":
+        header = variant([b"{'descr': '<f4', 'fortran_order': False}", b"{'shape': (3, 543, 3)}",
+                          b"not a dict at all", b"{'descr': 'zz', 'fortran_order': 0, 'shape': (1,)}",
+                          b"{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 543, 3)}"])
+        header = header + b" " * (-(len(header) + 11) % 64) + b"\n"
+        path.write_bytes(np.lib.format.MAGIC_PREFIX + b"\x01\x00" + len(header).to_bytes(2, "little") + header
+                         + good.tobytes())
+    elif kind == "pickled":
+        obj = variant([good, {"keypoints": good}, "a string", ("tuple", 1)])
+        if path.suffix == ".npz":
+            with zipfile.ZipFile(path, "w") as z:
+                z.writestr("keypoints.npy", pickle.dumps(obj))
+        else:
+            path.write_bytes(pickle.dumps(obj))
+    elif kind == "npz_keys":  # several arrays and none called keypoints, or none at all
+        arrays = variant([{}, {"a": good, "b": good}])
+        np.savez(path.with_suffix(".npz"), **arrays)
+    elif kind == "npz_fps":
+        fps = variant([0.0, -25.0, np.nan, np.inf, -np.inf, np.array([25.0, 30.0]), np.array("fast"), np.array([])])
+        np.savez(path.with_suffix(".npz"), keypoints=good, fps=fps)
+    elif kind == "npz_object_fps":
+        np.savez(path.with_suffix(".npz"), keypoints=good, fps=np.array([{"fps": 25}], dtype=object))
+    elif kind == "bitflip_npz":  # one byte of the array's data changed: the zip's CRC32 no longer matches
+        buf = io.BytesIO()
+        np.savez(buf, keypoints=good)
+        data = bytearray(buf.getvalue())
+        start = data.index(np.lib.format.MAGIC_PREFIX)
+        start += 10 + int.from_bytes(data[start + 8:start + 10], "little")  # past the .npy header
+        data[start + int(rng.integers(good.nbytes))] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(data))
+    else:
+        raise AssertionError(kind)
+
+
+BAD_KINDS = ["ndim", "points", "dims", "dtype", "structured", "empty", "nan_only", "face_only", "inf", "overflow",
+             "pixels", "far_point", "deep", "object", "truncated", "random_bytes", "lying_header",
+             "garbage_header", "pickled", "npz_keys", "npz_fps", "npz_object_fps", "bitflip_npz"]
+NPZ_ONLY = {"npz_keys", "npz_fps", "npz_object_fps", "bitflip_npz"}
+
+
+def test_fuzzed_array_files_are_reported_or_cached_exactly(tmp_path):
+    """A seeded mix of 230 bad and 60 good .npy/.npz files in one manifest: `features` exits 0 with no
+    traceback, every bad file is in failures.jsonl with the reason the source's checks give (a
+    SourceError, not a library's exception), and every good one is cached as the file holds it (float16)."""
+    rng = np.random.default_rng(11)
+    files = tmp_path / "files"
+    files.mkdir()
+    kinds = ["good"] * 60 + BAD_KINDS * 10
+    kinds = [kinds[i] for i in rng.permutation(len(kinds))]
+    good, bad, rows = {}, {}, []
+    for i, kind in enumerate(kinds):
+        ext = ".npz" if kind in NPZ_ONLY or rng.random() < 0.4 else ".npy"
+        id_, path = f"f{i:03d}_{kind}", files / f"f{i:03d}{ext}"
+        if kind == "good":
+            a = _good_array(rng)
+            if ext == ".npz":
+                save = np.savez if rng.random() < 0.5 else np.savez_compressed
+                save(path, **({"keypoints": a, "fps": np.float64(30)} if rng.random() < 0.5 else {"arr_0": a}))
+            else:
+                np.save(path, a)
+            good[id_] = a
+        else:
+            _bad_file(path, rng, kind, nth=sum(k == kind for k in kinds[:i]))
+            bad[id_] = kind
+        rows.append({"id": id_, "path": str(path), "text": ["where does it hurt", "do you have a fever"][i % 2],
+                     "split": "train"})
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    out = run_cli("preprocess", "features", "--manifest", manifest, "--out", tmp_path / "cache", "--jobs", "1",
+                  "--quiet")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    (cache_dir,) = (tmp_path / "cache").iterdir()
+    failures = [json.loads(line) for line in (cache_dir / store.FAILURES).read_text().splitlines()]
+    reasons = {f["id"]: f["reason"] for f in failures}
+    assert len(reasons) == len(failures)
+    got_through = sorted(set(bad) - set(reasons))
+    assert not got_through, got_through
+    assert set(reasons) == set(bad)
+    for f in failures:  # refused by the source's checks, in their words: no stray exception from a library
+        assert isinstance(f["reason"], str) and f["reason"].strip(), f
+        assert "SourceError" in f["where"], f
+    cache = open_cache(cache_dir)
+    assert list(cache.samples["id"]) == list(good)
+    for i, (id_, a) in enumerate(good.items()):
+        expected = a[..., :3].astype(np.float32).astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(cache.sample(i), expected, err_msg=id_)
+
+
 # ----------------------------------------------------------------------------- 3-4. checkpoints
 
 def run_cache(run: Path) -> str:
@@ -253,6 +444,25 @@ def test_only_temp_checkpoints_of_dead_writers_are_removed(tmp_path):
         alive.kill()
         alive.wait()
     assert [p.name for p in remove_stale_temps(tmp_path)] == [f"step-000005.safetensors.tmp-{alive.pid}"]
+
+
+def test_resume_logs_the_step_sampler_position_and_queue_fill(corpus, tmp_path, caplog):
+    """72 training clips in batches of 24: 3 batches an epoch, so step 4 is the 1st batch of epoch 1;
+    the queue (96 slots, joining at step 2) is part-filled."""
+    run, common = tmp_path / "run", ["max_steps=5", "ckpt_every=100", "eval_every=100", "queue_size=96"]
+    train(tiny_cfg(*common), corpus, run, stop_after=4)
+    tensors, meta = load_checkpoint(run / LAST)
+    fill = {q: int(tensors[f"queue.{q}.count"]) for q in ("supcon", "clip_video", "clip_text")}
+    assert meta["step"] == 4 and (meta["sampler"]["epoch"], meta["sampler"]["position"]) == (1, 1)
+    assert 0 < fill["supcon"] < 96 and fill["supcon"] % 24 == 0 and len(set(fill.values())) == 1
+    caplog.set_level(logging.INFO, logger="s2t.train")
+    train(tiny_cfg(*common), corpus, run, resume=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed ")]
+    n = fill["supcon"]
+    assert lines == [f"resumed {run / LAST} at step 4: sampler epoch 1, batch 1 of 3 in the epoch; memory queues "
+                     f"supcon {n}/96, clip_video {n}/96, clip_text {n}/96 (joining at step 2); "
+                     f"{meta['samples_seen']} samples seen"]
+    assert meta["samples_seen"] == 4 * 24
 
 
 # ----------------------------------------------------------------------------- 5. config ranges

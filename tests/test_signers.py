@@ -8,7 +8,8 @@ from preprocess import synthetic
 from preprocess.layout import COMPONENT_SLICES, POSE_INDEX
 from s2t.baselines import keypoint_nearest_neighbour
 from s2t.config import ConfigError
-from s2t.data import POSE_MIRROR, KeypointData, dominant_left, mirror_permutation, normalise_keypoints
+from s2t.data import (POSE_MIRROR, KeypointData, _arm_groups, dominant_left, mirror_permutation,
+                      normalise_keypoints)
 from tests.test_train import corpus, tiny_cfg  # noqa: F401  (module fixture reused)
 
 COMPONENTS = ["pose", "left_hand", "right_hand"]
@@ -143,3 +144,38 @@ def test_keypoint_baseline_retrieves_above_chance(corpus):  # noqa: F811
     correct = data.text_id[nn["neighbour"]] == data.text_id[nn["rows"]]
     assert len(nn["rows"]) == len(data.rows("val"))
     assert float(correct.float().mean()) > 2 / 6  # 6 sentences: chance is 1/6
+
+
+def test_demo_reports_every_test_signer():
+    from s2t.demo import GROUP_COLUMNS, group_rows, table
+    summary = {"by": {"signer": {
+        "s04": {"ret1_v2t": 0.9, "wer": 0.1, "baselines": {"keypoint_nn": {"ret1_v2t": 0.7}, "retrieval": {"wer": 0.05}}},
+        "s05": {"ret1_v2t": 0.8, "wer": 0.2, "baselines": {"keypoint_nn": {"ret1_v2t": 0.1}, "retrieval": {"wer": 0.09}}}}}}
+    rows = group_rows({"recommended": summary}, "signer")
+    assert list(rows) == ["recommended / signer s04", "recommended / signer s05"]
+    md = table(rows, columns=GROUP_COLUMNS)
+    assert "| recommended / signer s05 | 0.800 | 0.100 | – | 0.200 | 0.090 | – |" in md
+
+
+def test_yaw_turns_the_body_rigidly(corpus):  # noqa: F811
+    off = ["augment.rotate_deg=0", "augment.scale=0", "augment.shift=0", "augment.speed=0", "augment.crop=0",
+           "augment.frame_drop=0", "augment.hand_drop=0"]
+    data = KeypointData(corpus, tiny_cfg(*off, "augment.yaw_deg=40"))
+    rows = data.rows("train")[:8]
+    table, _, first = data._frames_of(rows)
+    flat, _ = data.frame_index(rows)
+    before = table[flat].float()
+    groups = _arm_groups(tuple(data.components))
+    after = data._yaw(before.clone(), groups, np.radians(40), torch.Generator().manual_seed(0))
+    xz = lambda p, i: p[:, :, i][..., [0, 2]]  # noqa: E731
+    # shoulders (11, 12): their distance in the x-z plane and their height are kept
+    span = lambda p: (xz(p, 11) - xz(p, 12)).norm(dim=-1)  # noqa: E731
+    torch.testing.assert_close(span(after), span(before), atol=1e-4, rtol=1e-4, equal_nan=True)
+    torch.testing.assert_close(after[..., 1], before[..., 1], equal_nan=True)
+    # each hand moves rigidly: distances from its wrist unchanged, and the hands did move
+    right = slice(54, 75)
+    dist = lambda p: (p[:, :, right] - p[:, :, right][:, :, :1]).norm(dim=-1)  # noqa: E731
+    ok = ~torch.isnan(dist(before))
+    torch.testing.assert_close(dist(after)[ok], dist(before)[ok], atol=1e-4, rtol=1e-4)
+    assert (after[:, :, right, 0] - before[:, :, right, 0]).nan_to_num().abs().mean() > 1e-3
+    assert groups["hand_wrists"] == [15, 16]
