@@ -32,7 +32,8 @@ from preprocess.store import write_cache  # noqa: E402
 from s2t.checkpoint import build_model  # noqa: E402
 from s2t.config import load_config  # noqa: E402
 from s2t.data import KeypointData, PKBatchSampler  # noqa: E402
-from s2t.train import Losses, resolve_precision  # noqa: E402
+from s2t.losses import Losses  # noqa: E402
+from s2t.train import resolve_precision  # noqa: E402
 
 CONFIGS = {"tiny_cpu": ROOT / "configs/train/tiny_cpu.yaml", "recommended": ROOT / "configs/train/recommended.yaml"}
 BATCHES = (32, 128, 256)
@@ -83,7 +84,7 @@ def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.dev
     data = KeypointData(cache, cfg, device)
     info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
     model = build_model(cfg, info)[0].to(device).train()
-    losses = Losses(cfg, data.vocab, device)
+    losses = Losses(cfg, data.vocab, device, model=model, text_dim=data.text_dim)  # queue_keys: pooled needs both
     opt = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr)
     amp = resolve_precision(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -160,7 +161,7 @@ def gpu_memory(cache: Path, batch: int = 128) -> dict:
             seen.add(key)
             saved[0] += t.untyped_storage().nbytes()
         return t
-    losses = Losses(cfg, data.vocab, "cpu")
+    losses = Losses(cfg, data.vocab, "cpu", model=model, text_dim=data.text_dim)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.float16):
             out = model(b.x, b.mask, b.tokens[:, :-1], b.text_emb)

@@ -22,11 +22,43 @@ class ConfigError(ValueError):
     pass
 
 
-@dataclass
-class LossWeights:
-    supcon: float = 1.0  # supervised contrastive loss over video embeddings (same label = positive)
-    clip: float = 1.0    # symmetric video-text contrastive loss; 0 turns it off
-    ce: float = 2.0      # decoder cross-entropy (translation)
+DEFAULT_LOSS_WEIGHTS = {
+    "supcon": 1.0,  # supervised contrastive loss over video embeddings (same label = positive)
+    "clip": 1.0,    # symmetric video-text contrastive loss; 0 turns it off
+    "ce": 2.0,      # decoder cross-entropy (translation)
+}
+
+
+def loss_names() -> list[str]:
+    """The losses a config can weigh: those registered in s2t.losses.LOSSES."""
+    from .losses import LOSSES
+    return list(LOSSES)
+
+
+class LossWeights(dict):
+    """Loss name -> weight, for the losses registered in `s2t.losses.LOSSES` (the trainer sums
+    weight * term over them; 0 or not listed = off). DEFAULT_LOSS_WEIGHTS, then what the config
+    sets: YAML `loss_weights: {supcon: 1.0, clip: 1.0, ce: 2.0}`, override `loss_weights.clip=0`.
+    Read as a mapping or by attribute (`cfg.loss_weights.clip`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(DEFAULT_LOSS_WEIGHTS)
+        self.update(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> float:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self:
+            return self[name]
+        if name in loss_names():
+            return 0.0
+        raise AttributeError(f"no loss named {name!r}; registered: {loss_names()}")
+
+    def __setattr__(self, name: str, value) -> None:
+        self[name] = value
+
+    def __repr__(self) -> str:
+        return f"LossWeights({', '.join(f'{k}={v!r}' for k, v in self.items())})"
 
 
 @dataclass
@@ -165,7 +197,10 @@ class TrainConfig:
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         w = self.loss_weights
-        if min(w.supcon, w.clip, w.ce) < 0 or w.supcon + w.clip + w.ce == 0:
+        unknown = [name for name in w if name not in loss_names()]
+        if unknown:
+            raise ConfigError(f"loss_weights: {unknown} are not registered losses; choose from {loss_names()}")
+        if min(w.values()) < 0 or sum(w.values()) == 0:
             raise ConfigError(f"loss_weights must be >= 0 and not all 0, got {w}")
 
         def in_range(key: str, low: float, high: float = math.inf, low_in: bool = True, high_in: bool = False,
@@ -194,7 +229,7 @@ class TrainConfig:
         in_range("seed", 0)
         # a decoder of 0 layers cannot learn to translate: needed whenever its loss counts
         in_range("decoder_layers", 1 if w.ce > 0 else 0, why=" while loss_weights.ce > 0" if w.ce > 0 else "")
-        for name in ("supcon", "clip", "ce"):
+        for name in w:
             in_range(f"loss_weights.{name}", 0)
         in_range("clip_logit_scale_init", -math.inf, low_in=False)
         in_range("clip_logit_scale_max", self.clip_logit_scale_init, why=" (at least clip_logit_scale_init)")
@@ -211,7 +246,7 @@ class TrainConfig:
         in_range("token_dropout", 0, 1)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "loss_weights": dict(self.loss_weights)}  # plain dict: YAML-safe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +302,15 @@ def _merge(obj, updates: dict, prefix: str = "") -> None:
             valid = ", ".join(prefix + k for k in hints)
             raise ConfigError(f"unknown config key {full!r}; valid keys: {valid}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if isinstance(current, LossWeights):  # name -> weight, names checked against the registry
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of loss name -> weight, e.g. {dict(DEFAULT_LOSS_WEIGHTS)}")
+            for name, weight in value.items():
+                if name not in loss_names():
+                    valid = ", ".join(f"{full}.{n}" for n in loss_names())
+                    raise ConfigError(f"unknown config key {f'{full}.{name}'!r}; valid keys: {valid}")
+                current[name] = _coerce(weight, float, f"{full}.{name}")
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{full}: expected a mapping of {list(_hints(type(current)))}")
             _merge(current, value, full + ".")

@@ -1,5 +1,7 @@
 """Losses: supervised contrastive (SupCon), multi-positive CLIP, caption cross-entropy, and the
-MoCo-style memory queue that feeds past embeddings to both contrastive losses.
+MoCo-style memory queue that feeds past embeddings to both contrastive losses; at the end, the
+training objective: a registry of named losses (`LOSSES`, `register_loss`) that `Losses` combines
+as sum(loss_weights[name] * term) over the losses the config weighs above 0.
 
 All contrastive logits are computed in fp32 (inputs are cast), whatever autocast is active:
 exp(logit / 0.05) overflows fp16 long before the softmax would saturate.
@@ -207,3 +209,173 @@ class CaptionLoss(nn.Module):
         with _fp32(logits):
             return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=self.pad_id, label_smoothing=self.label_smoothing)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training objective: a registry of named losses, combined as sum(weight[name] * term)
+#
+# Adding a loss: write a subclass of `Objective` here, register it (`@register_loss`), and give it
+# a weight in the config (`loss_weights: {mine: 0.5}` or `loss_weights.mine=0.5`). The trainer
+# asks the model for what the active losses read, logs each term under its name in
+# metrics.jsonl, and tells DDP when some part of the model gets no gradient.
+
+HEADS = ("supcon", "clip")                 # the model's projection heads (s2t.model.SignTranslator)
+MODEL_PARTS = (*HEADS, "text", "decoder")  # what a loss can read; "text": the projected sentence
+                                           # embedding + logit scale, "decoder": the decoder logits
+
+
+class Objective:
+    """One named loss term. Subclasses set:
+
+    name    its key in `loss_weights`, in the registry and in metrics.jsonl
+    reads   the parts of the model (MODEL_PARTS) it reads, so that the forward computes them and
+            DDP knows which parameters get a gradient
+    head    the projection head its queued video keys are re-projected through (if it has queues)
+    queues  its memory queues: (queue name, "video" | "text", the batch field holding the labels)
+
+    and `__call__(out, batch, queued, gather) -> scalar tensor`: `out` is SignTranslator.forward's,
+    `queued(queue name) -> (keys, labels)` (None, None when no queue is used), `gather` False for
+    validation on one rank."""
+
+    name: str = ""
+    reads: tuple[str, ...] = ()
+    head: str | None = None
+    queues: tuple[tuple[str, str, str], ...] = ()
+
+    def __init__(self, cfg, vocab):
+        pass
+
+    def __call__(self, out: dict, batch, queued, gather: bool = True) -> torch.Tensor:
+        raise NotImplementedError
+
+
+LOSSES: dict[str, type[Objective]] = {}  # name -> Objective class, in the order terms are computed and logged
+
+
+def register_loss(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make `cls` selectable by `loss_weights.<cls.name>`."""
+    bad = [p for p in cls.reads if p not in MODEL_PARTS]
+    if not cls.name or bad:
+        raise ValueError(f"loss {cls.__name__}: needs a name and reads from {MODEL_PARTS}, got {cls.name!r}, {bad}")
+    LOSSES[cls.name] = cls
+    return cls
+
+
+@register_loss
+class SupConObjective(Objective):
+    """SupCon over the "supcon" head's video embeddings; positives share `batch.label`."""
+    name, reads, head = "supcon", ("supcon",), "supcon"
+    queues = (("supcon", "video", "label"),)
+
+    def __init__(self, cfg, vocab):
+        self.loss = SupConLoss(cfg.temperature)
+
+    def __call__(self, out, batch, queued, gather=True):
+        qf, ql = queued("supcon")
+        return self.loss(out["supcon"], batch.label, qf, ql, gather=gather)
+
+
+@register_loss
+class ClipObjective(Objective):
+    """Video-text CLIP loss between the "clip" head and the projected sentence embedding."""
+    name, reads, head = "clip", ("clip", "text"), "clip"
+    queues = (("clip_video", "video", "text_id"), ("clip_text", "text", "text_id"))
+
+    def __init__(self, cfg, vocab):
+        self.loss = ClipLoss()
+
+    def __call__(self, out, batch, queued, gather=True):
+        (qv, ql), (qt, _) = queued("clip_video"), queued("clip_text")
+        return self.loss(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql, gather=gather)
+
+
+@register_loss
+class CaptionObjective(Objective):
+    """Decoder cross-entropy on the next token (teacher forcing)."""
+    name, reads = "ce", ("decoder",)
+
+    def __init__(self, cfg, vocab):
+        self.loss = CaptionLoss(vocab.pad, cfg.label_smoothing)
+
+    def __call__(self, out, batch, queued, gather=True):
+        return self.loss(out["logits"], batch.tokens[:, 1:])
+
+
+def _no_queue(name: str):
+    return None, None
+
+
+class Losses:
+    """The weighted sum of the active losses (weight > 0 in cfg.loss_weights, computed in registry
+    order) and the memory queues that feed them.
+
+    With cfg.queue_keys == "pooled" (and the model given) the queues hold what the heads read, not
+    what they wrote: pooled encoder outputs and the frozen sentence embeddings, projected through
+    the current heads whenever they are used. Head outputs queued a few hundred steps ago come from
+    heads that have moved since; scored against them, the CLIP space folded into one cone when the
+    queue joined (issue 15: NegSim 0.32 -> 0.90). Re-projected text keys are exact (the sentence
+    encoder is frozen); video keys are only as stale as the encoder."""
+
+    def __init__(self, cfg, vocab, device, model=None, text_dim: int | None = None):
+        self.weights = {name: float(cfg.loss_weights.get(name, 0.0)) for name in LOSSES}
+        self.active = [name for name, w in self.weights.items() if w > 0]
+        self.objectives = {name: LOSSES[name](cfg, vocab) for name in self.active}
+        self.reads = {part for name in self.active for part in LOSSES[name].reads}
+        self.model = model if cfg.queue_keys == "pooled" else None
+        if cfg.queue_keys == "pooled" and (model is None or text_dim is None):
+            raise ValueError("queue_keys: pooled needs the model and text_dim to re-project queued keys")
+        q, d = cfg.queue_size, cfg.proj_dim
+        dims = {"video": cfg.embed_dim, "text": text_dim} if self.model is not None else {"video": d, "text": d}
+        # every registered loss's queues, active or not: checkpoints hold the same tensors whatever the weights
+        self._queue_specs = {qname: (cls, side, label) for cls in LOSSES.values() for qname, side, label in cls.queues}
+        self.queues = {qname: MemoryQueue(q, dims[side], device) for qname, (_, side, _) in self._queue_specs.items()}
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether the forward must project the sentence embeddings."""
+        return "text" in self.reads
+
+    @property
+    def needs_decoder(self) -> bool:
+        """Whether the forward must run the decoder."""
+        return "decoder" in self.reads
+
+    @property
+    def uses_whole_model(self) -> bool:
+        """Whether every part of the model gets a gradient (else DDP needs find_unused_parameters)."""
+        return set(MODEL_PARTS) <= self.reads
+
+    def heads(self) -> tuple[str, ...]:
+        return tuple(h for h in HEADS if h in self.reads)
+
+    def active_queues(self) -> list[str]:
+        """The queues the active losses fill and read."""
+        return [q for q, (cls, _, _) in self._queue_specs.items() if cls.name in self.active]
+
+    def _queued(self, name: str):
+        """(keys, labels) of a queue, re-projected through the current head when keys are pooled."""
+        feats, labels = self.queues[name].get()
+        if feats is None or self.model is None:
+            return feats, labels
+        cls, side, _ = self._queue_specs[name]
+        if side == "text":
+            return self.model.text_embedding(feats), labels
+        return self.model.project_pooled(feats, cls.head), labels
+
+    def __call__(self, out: dict, batch, training: bool = True, use_queue: bool = True):
+        """-> total, {name: loss} for the active losses. `out` is SignTranslator.forward's.
+        training=False (validation, on one rank): no queue, no gathering across ranks."""
+        queued = self._queued if training and use_queue else _no_queue
+        parts = {name: objective(out, batch, queued, gather=training) for name, objective in self.objectives.items()}
+        total = sum(self.weights[k] * v for k, v in parts.items())
+        return total, parts
+
+    def push(self, out: dict, batch) -> None:
+        pooled = self.model is not None
+        for qname in self.active_queues():
+            cls, side, label = self._queue_specs[qname]
+            if side == "text":
+                keys = batch.text_emb if pooled else out["text"]
+            else:
+                keys = out["pooled"] if pooled else out[cls.head]
+            self.queues[qname].push(keys, getattr(batch, label))

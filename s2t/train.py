@@ -34,7 +34,7 @@ from .checkpoint import (CONFIG, LAST, RUN_INFO, CheckpointError, build_model, l
                          load_checkpoint, read_run, save_checkpoint, strip, write_run_info)
 from .config import TrainConfig, load_config
 from .data import BatchFeed, KeypointData, PKBatchSampler, load_data, samples_per_label
-from .losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss
+from .losses import Losses
 from .report import validation_warnings
 
 log = logging.getLogger("s2t.train")
@@ -90,70 +90,6 @@ def drop_tokens(inputs: torch.Tensor, p: float, unk: int, pad: int, gen: torch.G
     return torch.where(hit & (inputs != pad), torch.full_like(inputs, unk), inputs)
 
 
-class Losses:
-    """The three weighted losses and the queues that feed the contrastive ones.
-
-    With cfg.queue_keys == "pooled" (and the model given) the queues hold what the heads read, not
-    what they wrote: pooled encoder outputs and the frozen sentence embeddings, projected through
-    the current heads whenever they are used. Head outputs queued a few hundred steps ago come from
-    heads that have moved since; scored against them, the CLIP space folded into one cone when the
-    queue joined (issue 15: NegSim 0.32 -> 0.90). Re-projected text keys are exact (the sentence
-    encoder is frozen); video keys are only as stale as the encoder."""
-
-    def __init__(self, cfg: TrainConfig, vocab, device, model=None, text_dim: int | None = None):
-        w = cfg.loss_weights
-        self.weights = {"supcon": w.supcon, "clip": w.clip, "ce": w.ce}
-        self.active = [k for k, v in self.weights.items() if v > 0]
-        self.supcon = SupConLoss(cfg.temperature)
-        self.clip = ClipLoss()
-        self.caption = CaptionLoss(vocab.pad, cfg.label_smoothing)
-        self.model = model if cfg.queue_keys == "pooled" else None
-        if cfg.queue_keys == "pooled" and (model is None or text_dim is None):
-            raise ValueError("queue_keys: pooled needs the model and text_dim to re-project queued keys")
-        q, d = cfg.queue_size, cfg.proj_dim
-        video_d, text_d = (cfg.embed_dim, text_dim) if self.model is not None else (d, d)
-        self.queues = {"supcon": MemoryQueue(q, video_d, device), "clip_video": MemoryQueue(q, video_d, device),
-                       "clip_text": MemoryQueue(q, text_d, device)}
-
-    def _queued(self, name: str):
-        """(keys, labels) of a queue, re-projected through the current head when keys are pooled."""
-        feats, labels = self.queues[name].get()
-        if feats is None or self.model is None:
-            return feats, labels
-        if name == "clip_text":
-            return self.model.text_embedding(feats), labels
-        return self.model.project_pooled(feats, "supcon" if name == "supcon" else "clip"), labels
-
-    def heads(self) -> tuple[str, ...]:
-        return tuple(h for h in ("supcon", "clip") if h in self.active)
-
-    def __call__(self, out: dict, batch, training: bool = True, use_queue: bool = True):
-        """-> total, {name: loss} for the active losses. `out` is SignTranslator.forward's.
-        training=False (validation, on one rank): no queue, no gathering across ranks."""
-        parts = {}
-        use_queue = training and use_queue
-        if "supcon" in self.active:
-            qf, ql = self._queued("supcon") if use_queue else (None, None)
-            parts["supcon"] = self.supcon(out["supcon"], batch.label, qf, ql, gather=training)
-        if "clip" in self.active:
-            (qv, ql), (qt, _) = ((self._queued("clip_video"), self._queued("clip_text"))
-                                 if use_queue else ((None, None), (None, None)))
-            parts["clip"] = self.clip(out["clip"], out["text"], out["logit_scale"], batch.text_id, qv, qt, ql,
-                                      gather=training)
-        if "ce" in self.active:
-            parts["ce"] = self.caption(out["logits"], batch.tokens[:, 1:])
-        total = sum(self.weights[k] * v for k, v in parts.items())
-        return total, parts
-
-    def push(self, out: dict, batch) -> None:
-        pooled = self.model is not None
-        if "supcon" in self.active:
-            self.queues["supcon"].push(out["pooled"] if pooled else out["supcon"], batch.label)
-        if "clip" in self.active:
-            self.queues["clip_video"].push(out["pooled"] if pooled else out["clip"], batch.text_id)
-            self.queues["clip_text"].push(batch.text_emb if pooled else out["text"], batch.text_id)
-
-
 @torch.no_grad()
 def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autocast, split="val") -> dict:
     """Val losses (no queue), the collapse metrics of the video/text embeddings, and the decoder's
@@ -197,8 +133,7 @@ def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autoca
 def resolve_best_metric(cfg: TrainConfig) -> tuple[str, bool]:
     """(validation metric that picks best.safetensors, higher is better), refused before any work
     when this run cannot compute it."""
-    w = cfg.loss_weights
-    active = [k for k, v in (("supcon", w.supcon), ("clip", w.clip), ("ce", w.ce)) if v > 0]
+    active = [k for k, v in cfg.loss_weights.items() if v > 0]
     name = cfg.best_metric
     if name == "auto":
         name = "ret1_v2t" if "clip" in active else "ce" if "ce" in active else "loss"
@@ -369,10 +304,10 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 log.info("decoder token embeddings initialised from the word embeddings of %s", source)
     raw_model = model
     losses = Losses(cfg, data.vocab, device, model=raw_model, text_dim=data.text_dim)
-    if world > 1:  # a switched-off loss leaves its head without gradient: tell DDP
+    if world > 1:  # a part of the model no active loss reads gets no gradient: tell DDP
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=len(losses.active) < 3)
+            find_unused_parameters=not losses.uses_whole_model)
     if main_proc:
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info("model: %.2fM parameters, precision %s, device %s", n_params / 1e6,
@@ -407,8 +342,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         if main_proc:
             truncate_metrics(metrics_path, step)
             # what was restored, in one line: where the sampler stands and how full the queues are
-            queued = [name for loss, names in (("supcon", ["supcon"]), ("clip", ["clip_video", "clip_text"]))
-                      if loss in losses.active for name in names]
+            queued = losses.active_queues()
             queues = (", ".join(f"{n} {losses.queues[n].count}/{losses.queues[n].size}" for n in queued)
                       + f" (joining at step {cfg.queue_start})" if cfg.queue_size and queued else "off")
             log.info("resumed %s at step %d: sampler epoch %d, batch %d of %d in the epoch; memory queues %s; "
@@ -472,12 +406,12 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
                 window["data_s"] += time.perf_counter() - t_data
                 # DDP: all-reduce gradients once per step, on the last micro-batch
                 last_micro = micro == cfg.accumulation_steps - 1
-                dec_in = batch.tokens[:, :-1] if "ce" in losses.active else None
+                dec_in = batch.tokens[:, :-1] if losses.needs_decoder else None
                 if dec_in is not None and cfg.token_dropout > 0:
                     dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
                 with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
                     out = model(batch.x, batch.mask, dec_in,
-                                batch.text_emb if "clip" in losses.active else None, heads=losses.heads())
+                                batch.text_emb if losses.needs_text else None, heads=losses.heads())
                     total, parts = losses(out, batch, use_queue=queue_on)
                     scaler.scale(total / cfg.accumulation_steps).backward()
                 detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])

@@ -37,7 +37,9 @@ def test_torchrun_two_ranks_trains_resumes_and_only_rank0_writes(corpus, tmp_pat
     common = [*TINY, "max_steps=6", "eval_every=3", "ckpt_every=100", "queue_size=192", "queue_start=4"]
     torchrun("--cache", str(corpus), "--config", "configs/train/tiny_cpu.yaml", "--run-dir", str(run),
              "--stop-after", "3", *common)
-    assert sorted(p.name for p in run.glob("*.safetensors")) == ["last.safetensors", "step-000003.safetensors"]
+    # (best.safetensors: the step-3 validation is the best so far; only rank 0 writes it)
+    assert sorted(p.name for p in run.glob("*.safetensors")) == [
+        "best.safetensors", "last.safetensors", "step-000003.safetensors"]
     torchrun("--cache", str(corpus), "--run-dir", str(run), "--resume")
 
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -47,7 +49,7 @@ def test_torchrun_two_ranks_trains_resumes_and_only_rank0_writes(corpus, tmp_pat
     assert [e["step"] for e in lines if e["split"] == "val"] == [3, 6]
     assert len(list((run / "tb").glob("events.*"))) == 2  # one TensorBoard file per launch, rank 0's
     assert sorted(p.name for p in run.glob("*.safetensors")) == [
-        "last.safetensors", "step-000003.safetensors", "step-000006.safetensors"]
+        "best.safetensors", "last.safetensors", "step-000003.safetensors", "step-000006.safetensors"]
     tensors, meta = load_checkpoint(run / "last.safetensors")
     assert meta["step"] == 6 and meta["samples_seen"] == 6 * 24 * 2  # batch_size is per rank
     # the queues hold the keys of both ranks: 2 pushes x 2 ranks x 24, not 2 x 24
@@ -64,7 +66,7 @@ def _one_step(corpus, rows, ddp: bool):
     augmentation, no queue: nothing random), the model wrapped in DDP when `ddp`."""
     from s2t.checkpoint import build_model
     from s2t.data import KeypointData
-    from s2t.train import Losses
+    from s2t.losses import Losses
     from tests.test_train import tiny_cfg
 
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import torch
 from preprocess import synthetic
 from s2t.checkpoint import build_model
 from s2t.data import KeypointData, PKBatchSampler, samples_per_label
-from s2t.train import Losses
+from s2t.losses import Losses
 from tests.test_train import corpus, tiny_cfg  # noqa: F401  (module fixture reused)
 
 

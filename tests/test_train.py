@@ -277,9 +277,9 @@ def test_checkpoints_load_without_unpickling(corpus, tmp_path, monkeypatch):
 
 
 def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkeypatch):
-    import s2t.train as train_mod
+    import s2t.losses as losses_mod  # the supcon Objective builds its SupConLoss from there
 
-    class NaNOnSomeSteps(train_mod.SupConLoss):
+    class NaNOnSomeSteps(losses_mod.SupConLoss):
         calls = 0
 
         def forward(self, *args, **kwargs):
@@ -287,7 +287,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkey
             loss = super().forward(*args, **kwargs)
             return loss * float("nan") if NaNOnSomeSteps.calls in (3, 5) else loss
 
-    monkeypatch.setattr(train_mod, "SupConLoss", NaNOnSomeSteps)
+    monkeypatch.setattr(losses_mod, "SupConLoss", NaNOnSomeSteps)
     train(tiny_cfg("max_steps=8", "eval_every=100"), corpus, tmp_path / "run")
     steps, _ = losses_by_step(tmp_path / "run")
     assert steps[8]["bad_steps"] == 2 and steps[3]["loss"] is None and np.isfinite(steps[4]["loss"])
