@@ -13,6 +13,8 @@ all ranks' losses, so the step equals one big-batch step. Without torch.distribu
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -224,7 +226,7 @@ MODEL_PARTS = (*HEADS, "text", "decoder")  # what a loss can read; "text": the p
                                            # embedding + logit scale, "decoder": the decoder logits
 
 
-class Objective:
+class Objective(abc.ABC):
     """One named loss term. Subclasses set:
 
     name    its key in `loss_weights`, in the registry and in metrics.jsonl
@@ -245,8 +247,9 @@ class Objective:
     def __init__(self, cfg, vocab):
         pass
 
+    @abc.abstractmethod
     def __call__(self, out: dict, batch, queued, gather: bool = True) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss term (every registered objective defines it)."""
 
 
 LOSSES: dict[str, type[Objective]] = {}  # name -> Objective class, in the order terms are computed and logged

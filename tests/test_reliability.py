@@ -64,7 +64,10 @@ def write_manifest(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
         np.savez(folder / name, keypoints=a) if name.endswith(".npz") else np.save(folder / name, a)
         rows.append({"id": id_, "path": name, "text": ["where does it hurt", "do you have a fever"][i % 2],
                      "split": "train"})
-    manifest = folder / "manifest.csv"
+    return write_rows(folder / "manifest.csv", rows)
+
+
+def write_rows(manifest: Path, rows: list[dict]) -> Path:
     with open(manifest, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -358,11 +361,7 @@ def test_fuzzed_array_files_are_reported_or_cached_exactly(tmp_path):
             bad[id_] = kind
         rows.append({"id": id_, "path": str(path), "text": ["where does it hurt", "do you have a fever"][i % 2],
                      "split": "train"})
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    manifest = write_rows(tmp_path / "manifest.csv", rows)
 
     out = run_cli("preprocess", "features", "--manifest", manifest, "--out", tmp_path / "cache", "--jobs", "1",
                   "--quiet")
