@@ -17,7 +17,7 @@ SEEDS     ?= 1
 MESSI     := /usr/share/doc/opencv-doc/examples/data/messi5.jpg
 CHROMIUM  := /usr/bin/chromium
 
-.PHONY: setup features train eval demo ablation test bench clean-venv
+.PHONY: setup features train eval demo ablation test lint bench clean-venv
 
 setup: .venv/.installed $(MESSI) $(CHROMIUM)
 
@@ -61,6 +61,10 @@ ablation: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# ruff's rules are in pyproject.toml ([tool.ruff.lint]); ruff itself is a pinned dev extra
+lint: .venv/.installed
+	.venv/bin/ruff check .
 
 bench: setup
 	$(PY) benchmarks/bench_features.py

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from preprocess.features import build_cache  # noqa: E402
 from bench_features import person_videos  # noqa: E402  (this folder is on sys.path when run as a script)
-from tests.test_train import make_corpus  # noqa: E402
+from tests.helpers import make_corpus  # noqa: E402
 
 
 def bench_extraction(work: Path, n_videos: int, n_frames: int) -> dict:

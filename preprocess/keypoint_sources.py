@@ -11,29 +11,18 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from pose_format import Pose
 
 from preprocess.layout import COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NAMES
+from preprocess.source_base import SourceError, before_end, first_frame, output_fps, stride_mask
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mov", ".webm", ".mkv")
 KEYPOINT_EXTENSIONS: tuple[str, ...] = (".pose", ".npy", ".npz")
-FRAME_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 # No detector puts a point 10 frame widths off the image: an x or y beyond is a unit mix-up (pixels)
 # or garbage. z has no such unit (pose-format files keep MediaPipe's z scaled by the frame width),
 # but beyond float16's largest value it would turn into inf in the cache.
 MAX_COORDINATE = 10.0
 MAX_DEPTH = float(np.finfo(np.float16).max)
-
-
-class SourceError(Exception):
-    """One input could not be turned into keypoints; `path` and `reason` go to the failures file."""
-
-    def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # picklable across joblib/multiprocessing workers
-        return (type(self), (self.path, self.reason))
 
 
 def source_kind(path) -> str:
@@ -51,39 +40,6 @@ def source_kind(path) -> str:
                       "or a folder of frame images")
 
 
-def frame_kept(i, fps_in: float, target_fps: float | None):
-    """Whether frame i (int or int array) survives resampling fps_in -> target_fps by stride.
-
-    Frame i (time i/fps_in) is kept when it is the first frame at or after a target tick k/target_fps,
-    i.e. when floor(i*r) > floor((i-1)*r) with r = target/fps_in. Never upsamples.
-    """
-    i = np.asarray(i, dtype=np.float64)
-    if target_fps is None or target_fps >= fps_in:
-        return np.ones(i.shape, dtype=bool)
-    r = target_fps / fps_in
-    eps = 1e-9  # ticks that land exactly on a frame time must count despite float rounding
-    return np.floor(i * r + eps) > np.floor((i - 1) * r + eps)
-
-
-def stride_mask(n_frames: int, fps_in: float, target_fps: float | None) -> np.ndarray:
-    """Boolean mask over n_frames of the frames kept by `frame_kept`."""
-    return frame_kept(np.arange(n_frames), fps_in, target_fps)
-
-
-def first_frame(fps: float, start: float | None) -> int:
-    """Index of the first frame at or after `start` seconds (0 when start is None)."""
-    return 0 if start is None else max(0, int(np.ceil(start * fps - 1e-6)))
-
-
-def before_end(i: int, fps: float, end: float | None) -> bool:
-    """Whether frame i starts before `end` seconds (the window is [start, end))."""
-    return end is None or i / fps < end - 1e-6
-
-
-def output_fps(fps_in: float, target_fps: float | None) -> float:
-    return float(fps_in) if target_fps is None or target_fps >= fps_in else float(target_fps)
-
-
 def load_keypoints(path, target_fps: float | None = None, *, default_fps: float = 25.0,
                    start: float | None = None, end: float | None = None,
                    progress=None) -> tuple[np.ndarray, float]:
@@ -99,7 +55,8 @@ def load_keypoints(path, target_fps: float | None = None, *, default_fps: float 
         raise SourceError(path, "file not found")
     kind = source_kind(p)
     if kind in ("video", "frames"):
-        from preprocess.mediapipe_extract import extract_video  # keeps mediapipe out of other paths
+        # lazy: mediapipe (~1 s to import) loads for videos only
+        from preprocess.mediapipe_extract import extract_video
         points, fps = extract_video(p, target_fps, progress=progress, frames_fps=default_fps, start=start, end=end)
         check_keypoints(path, points)
         return points, fps
@@ -235,8 +192,6 @@ def _read_pose(path: Path) -> tuple[np.ndarray, float]:
     pose-format's MediaPipe writer stores x*width, y*height (pixels) and z as given; we divide x, y by
     the header's width/height to get back MediaPipe's image-normalised units (as videos give).
     """
-    from pose_format import Pose
-
     try:
         with open(path, "rb") as f:
             pose = Pose.read(f.read())
@@ -277,14 +232,31 @@ def _read_pose(path: Path) -> tuple[np.ndarray, float]:
     return out, float(body.fps)
 
 
-def _layout_index() -> dict[tuple[str, str], int]:
-    """(our component, pose-format point name) -> index in the 543 layout, from pose-format's names."""
-    from preprocess.mediapipe_extract import holistic_point_names
+# MediaPipe Holistic's point names per component of our layout, as pose-format's MediaPipe writer
+# names them (MediaPipe's PoseLandmark and HandLandmark members; face points by index). Written
+# out because pose_format.utils.holistic, which has them, imports mediapipe; a test checks them
+# against it.
+_BODY_POINTS = (
+    "NOSE", "LEFT_EYE_INNER", "LEFT_EYE", "LEFT_EYE_OUTER", "RIGHT_EYE_INNER", "RIGHT_EYE", "RIGHT_EYE_OUTER",
+    "LEFT_EAR", "RIGHT_EAR", "MOUTH_LEFT", "MOUTH_RIGHT", "LEFT_SHOULDER", "RIGHT_SHOULDER", "LEFT_ELBOW",
+    "RIGHT_ELBOW", "LEFT_WRIST", "RIGHT_WRIST", "LEFT_PINKY", "RIGHT_PINKY", "LEFT_INDEX", "RIGHT_INDEX",
+    "LEFT_THUMB", "RIGHT_THUMB", "LEFT_HIP", "RIGHT_HIP", "LEFT_KNEE", "RIGHT_KNEE", "LEFT_ANKLE", "RIGHT_ANKLE",
+    "LEFT_HEEL", "RIGHT_HEEL", "LEFT_FOOT_INDEX", "RIGHT_FOOT_INDEX")
+_HAND_POINTS = (
+    "WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP", "INDEX_FINGER_MCP", "INDEX_FINGER_PIP",
+    "INDEX_FINGER_DIP", "INDEX_FINGER_TIP", "MIDDLE_FINGER_MCP", "MIDDLE_FINGER_PIP", "MIDDLE_FINGER_DIP",
+    "MIDDLE_FINGER_TIP", "RING_FINGER_MCP", "RING_FINGER_PIP", "RING_FINGER_DIP", "RING_FINGER_TIP",
+    "PINKY_MCP", "PINKY_PIP", "PINKY_DIP", "PINKY_TIP")
+HOLISTIC_POINT_NAMES: dict[str, tuple[str, ...]] = {
+    "pose": _BODY_POINTS, "face": tuple(str(i) for i in range(468)),
+    "left_hand": _HAND_POINTS, "right_hand": _HAND_POINTS}
 
+
+def _layout_index() -> dict[tuple[str, str], int]:
+    """(our component, pose-format point name) -> index in the 543 layout."""
     index = {}
-    for comp, names in holistic_point_names().items():
+    for comp, names in HOLISTIC_POINT_NAMES.items():
         start = COMPONENT_SLICES[comp].start
         for j, name in enumerate(names):
             index[(comp, name)] = start + j
     return index
-

@@ -1,11 +1,10 @@
 """MediaPipe Holistic keypoints from a video (or a folder of frame images).
 
-The only module that imports mediapipe (directly or through pose_format.utils.holistic), and only
-inside functions: importing it costs ~1 s and most of the project never needs it.
+The only module that imports mediapipe, and only inside a function: importing it costs ~1 s and
+most of the project never needs it (keypoint_sources imports this module for videos only).
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import tempfile
@@ -15,11 +14,13 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
 
-from preprocess.keypoint_sources import (FRAME_EXTENSIONS, SourceError, before_end, first_frame, frame_kept,
-                                         output_fps)
-from preprocess.layout import COMPONENT_SIZES, COMPONENT_SLICES, N_DIMS, N_POINTS, POSE_FORMAT_NAMES
+from preprocess.layout import COMPONENT_SLICES, N_DIMS, N_POINTS
+from preprocess.source_base import SourceError, before_end, first_frame, frame_kept, output_fps
+
+FRAME_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")  # what a folder of frames holds
 
 _local = threading.local()  # one Holistic per thread: an instance must not be shared across threads
 _stderr_lock = threading.Lock()
@@ -44,20 +45,6 @@ def _import_holistic():
     from mediapipe.python.solutions import holistic
 
     return holistic
-
-
-@functools.lru_cache(maxsize=1)
-def holistic_point_names() -> dict[str, list[str]]:
-    """Point names per component of our layout, as pose-format's MediaPipe header names them."""
-    _import_holistic()
-    from pose_format.utils.holistic import holistic_components
-
-    by_name = {c.name: list(c.points) for c in holistic_components()}
-    names = {ours: by_name[theirs] for theirs, ours in POSE_FORMAT_NAMES.items()}
-    for comp, pts in names.items():  # guard against a pose-format change silently shifting points
-        if len(pts) != COMPONENT_SIZES[comp]:
-            raise RuntimeError(f"pose-format names {len(pts)} {comp} points; layout expects {COMPONENT_SIZES[comp]}")
-    return names
 
 
 def extract_video(path, target_fps: float | None = None, *, progress: Callable[[int], object] | None = None,
@@ -159,8 +146,6 @@ def _open_frames(path: Path, frames_fps: float) -> tuple[float, Iterator[np.ndar
 
 
 def _opencv_frames(path: Path):
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     ok, first = cap.read() if cap.isOpened() else (False, None)
     fps = cap.get(cv2.CAP_PROP_FPS) if ok else 0.0
@@ -183,7 +168,7 @@ def _opencv_frames(path: Path):
 
 
 def _pyav_frames(path: Path):
-    import av
+    import av  # lazy: PyAV (~0.3 s to import) is the fallback for videos OpenCV cannot read
 
     try:
         container = av.open(str(path))
@@ -213,8 +198,6 @@ def _pyav_frames(path: Path):
 
 
 def _folder_frames(folder: Path, fps: float):
-    import cv2
-
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
     if not files:
         raise SourceError(folder, f"folder holds no frame images ({', '.join(FRAME_EXTENSIONS)})")

@@ -692,7 +692,7 @@ def _open_plan(p: dict, sentences: list[str], signers: list[dict], seed: int) ->
     drawn only among those whose every word also occurs in a training sentence."""
     rng = np.random.default_rng([seed, 5])
     order = rng.permutation(len(sentences))
-    held, train_words, split_of_sentence = [], set(), {}
+    held, split_of_sentence = [], {}
     n_held = p["val_sentences"] + p["test_sentences"]
     # walk a random order: a sentence is held out only if training still covers its words later
     words_count: dict[str, int] = {}

@@ -26,6 +26,12 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from preprocess.store import write_json_atomic
+
+from .config import ConfigError, config_from_dict
+from .data import Vocab
+from .model import ModelConfig, SignTranslator
+
 RUN_INFO = "run.json"
 CONFIG = "config.yaml"
 LAST = "last.safetensors"
@@ -128,8 +134,6 @@ def strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
 
 
 def write_run_info(run_dir: Path, cfg, info: dict) -> None:
-    from preprocess.store import write_json_atomic
-
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / (CONFIG + ".tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -139,8 +143,6 @@ def write_run_info(run_dir: Path, cfg, info: dict) -> None:
 
 def read_run(run_dir) -> tuple:
     """(TrainConfig, run info dict) of a run folder."""
-    from .config import ConfigError, config_from_dict
-
     run_dir = Path(run_dir)
     for name in (CONFIG, RUN_INFO):
         if not (run_dir / name).is_file():
@@ -162,9 +164,6 @@ def read_run(run_dir) -> tuple:
 
 
 def build_model(cfg, info: dict):
-    from .data import Vocab
-    from .model import ModelConfig, SignTranslator
-
     vocab = Vocab.from_json(info["vocab"])
     mc = ModelConfig.from_train_config(cfg, in_dim=info["in_dim"], text_dim=info["text_dim"],
                                        vocab_size=vocab.size, pad_id=vocab.pad, bos_id=vocab.bos,

@@ -453,6 +453,7 @@ class KeypointData:
         self.vocab = rebind_vocab(vocab, tx) or build_vocab(cfg, tx, self.texts, self.rows("train"))
         tokens = encode_texts(self.vocab, tx, self.texts, cfg.max_text_len)
         self.text_dim = tx.embeddings.shape[1]
+        self.text_model = tx.text_model  # the sentence encoder that made text_emb (reranking embeds new text with it)
         self.token_lengths = (tokens != self.vocab.pad).sum(1)
         self.label_np = label.astype(np.int64)
 

@@ -35,12 +35,14 @@ COLUMNS = [  # (summary key, header, format)
     ("pos_sim", "PosSim", "{:.3f}"), ("neg_sim", "NegSim", "{:.3f}"), ("gap", "gap", "{:.3f}"),
     ("ret1_v2t", "Ret@1 v→t", "{:.3f}"), ("ret1_t2v", "Ret@1 t→v", "{:.3f}"), ("wer", "WER", "{:.3f}"),
     ("bleu4", "BLEU-4", "{:.1f}"), ("visual_dependence_wer", "vis.dep. (ΔWER)", "{:+.3f}"),
+    ("wer_rerank", "WER reranked", "{:.3f}"), ("bleu4_rerank", "BLEU-4 reranked", "{:.1f}"),
 ]
 
 
 GROUP_COLUMNS = [("ret1_v2t", "Ret@1 v→t", "{:.3f}"), ("keypoint_nn_ret1", "keypoint NN Ret@1", "{:.3f}"),
                  ("neg_sim", "NegSim", "{:.3f}"), ("wer", "WER", "{:.3f}"),
-                 ("retrieval_wer", "retrieval WER", "{:.3f}"), ("visual_dependence_wer", "vis.dep. (ΔWER)", "{:+.3f}")]
+                 ("retrieval_wer", "retrieval WER", "{:.3f}"), ("wer_rerank", "WER reranked", "{:.3f}"),
+                 ("visual_dependence_wer", "vis.dep. (ΔWER)", "{:+.3f}")]
 
 
 def _run(cmd: list[str]) -> float:

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import baselines, html_report, metrics, plots, report
 from .data import KeypointData, Vocab, words_of
+from .model import sequence_nats
+from .device import resolve_device
+from .rerank import Gallery, Reranker, unavailable as rerank_unavailable
 
 
 class EvaluationError(RuntimeError):
@@ -54,6 +56,7 @@ class Outputs:
     ce_swapped: list = field(default_factory=list)    # the same targets, decoded from perm's memory
     ce_sample: list = field(default_factory=list)     # (nats, tokens) tensors per sample, per batch
     ce_swapped_sample: list = field(default_factory=list)
+    reranked: list = field(default_factory=list)      # (training gallery row or -1, ids) per sample
 
     def cat(self, name):
         return torch.cat(getattr(self, name)) if getattr(self, name) else None
@@ -62,11 +65,7 @@ class Outputs:
 def teacher_forced_ce(model, memory, mask, tokens, pad: int, per_sample: bool = False):
     """Summed next-token cross-entropy (nats) over real target tokens, and their count; with
     per_sample, both per row ((B,) tensors on the CPU), so groups and single clips can be scored."""
-    logits = model.decoder_logits(memory, mask, tokens[:, :-1]).float()
-    target = tokens[:, 1:]
-    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad,
-                           reduction="none").view(target.shape)
-    nats, count = loss.sum(1).cpu(), (target != pad).sum(1).cpu()
+    nats, count = (t.cpu() for t in sequence_nats(model, memory, mask, tokens, pad))
     if per_sample:
         return nats, count
     return float(nats.sum()), int(count.sum())
@@ -74,7 +73,7 @@ def teacher_forced_ce(model, memory, mask, tokens, pad: int, per_sample: bool = 
 
 @torch.no_grad()
 def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_len: int = 40,
-              beam: int = 0, seed: int = 0) -> Outputs:
+              beam: int = 0, seed: int = 0, reranker: Reranker | None = None) -> Outputs:
     """The model over every sample of `split`, plus what visual dependence needs.
 
     The swap is one `metrics.derangement` over the whole split (every sample is paired with a
@@ -97,9 +96,13 @@ def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_l
         out.clip.append(model.video_embedding(memory, b.mask, head="clip").float().cpu())
         out.supcon.append(model.video_embedding(memory, b.mask, head="supcon").float().cpu())
         out.text.append(model.text_embedding(b.text_emb).float().cpu())
-        out.greedy += model.generate(memory, b.mask, max_len=max_len)
+        decoded = [model.generate(memory, b.mask, max_len=max_len)]
         if beam > 1:
-            out.beam += model.generate(memory, b.mask, max_len=max_len, beam_size=beam)
+            decoded.append(model.generate(memory, b.mask, max_len=max_len, beam_size=beam))
+            out.beam += decoded[1]
+        out.greedy += decoded[0]
+        if reranker is not None:
+            out.reranked += reranker(memory, b.mask, out.clip[-1], decoded)
         own = teacher_forced_ce(model, memory, b.mask, b.tokens, pad, per_sample=True)
         other = data.batch(partners[pos])  # the partners' videos, in the same order as b
         mem_other = model.encode(other.x, other.mask)
@@ -196,10 +199,13 @@ def nearest_sentences(video_emb: torch.Tensor, gallery_emb: torch.Tensor, k: int
 
 def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int = 64,
              max_len: int = 40, beam: int = 0, seed: int = 0, n_examples: int = 12,
-             by: list[str] | None = None, columns: dict | None = None) -> tuple[dict, dict]:
+             by: list[str] | None = None, columns: dict | None = None, rerank: int = 0,
+             rerank_weight: float = 1.0) -> tuple[dict, dict]:
     """Compute the whole summary for one split. Returns (summary, extras for the plots and
     predictions.jsonl). by: per-sample columns to group by (summary["by"][column][value]);
-    columns: those columns in cache row order (default: `sample_columns(data)`)."""
+    columns: those columns in cache row order (default: `sample_columns(data)`); rerank: also
+    score retrieval-augmented decoding (`s2t.rerank`) over the decoder's hypotheses and that many
+    nearest training sentences, with CLIP weight rerank_weight (summary["rerank"])."""
     if not len(data.rows(split)):
         raise EvaluationError(f"split {split!r} has no samples; "
                               f"splits here: {sorted(set(data.split.tolist()))}")
@@ -208,7 +214,17 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
         if column not in columns:
             raise EvaluationError(f"--by {column}: not a per-sample column of this cache; it keeps "
                                   f"{sorted(columns)}")
-    out = run_model(model, data, split, batch_size, max_len, beam, seed)
+    gallery_rows = training_rows(data)
+    gallery_text, gallery_emb = training_gallery(model, data)
+    gallery_raw = [str(t).strip() for t in data.texts[gallery_rows]]
+    reranker = None
+    rerank_skipped = rerank_unavailable(getattr(data, "text_model", None), len(gallery_rows)) if rerank > 0 else None
+    if rerank > 0 and not rerank_skipped:
+        device = next(model.parameters()).device
+        tokens = data.tokens[torch.as_tensor(gallery_rows, device=data.tokens.device)].to(device)
+        reranker = Reranker(model, data.vocab, Gallery(tokens, gallery_emb.to(device)), data.text_model,
+                            k=rerank, clip_weight=rerank_weight, max_len=max_len)
+    out = run_model(model, data, split, batch_size, max_len, beam, seed, reranker)
     index = out.cat("index").numpy()
     n = len(index)
     labels = data.label.cpu().numpy()[index]
@@ -216,13 +232,17 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
     lowercase = uncased(data.vocab)
     refs = reference_texts(data.vocab, data.texts[index])
     raw_refs = [str(t).strip() for t in data.texts[index]]
-    gallery_text, gallery_emb = training_gallery(model, data)
-    gallery_raw = [str(t).strip() for t in data.texts[training_rows(data)]]
 
     clip, text, supcon = out.cat("clip"), out.cat("text"), out.cat("supcon")
     greedy_swapped, clip_swapped = swapped_outputs(out)
     hyps, hyps_swapped = data.vocab.decode(out.greedy), data.vocab.decode(greedy_swapped)
     beams = data.vocab.decode(out.beam) if beam > 1 else None
+    reranked = None
+    if out.reranked:  # the winner per clip: a training sentence (row >= 0) or a hypothesis
+        won = data.vocab.decode([ids for row, ids in out.reranked if row < 0])[::-1]
+        norm = [gallery_text[row] if row >= 0 else won.pop() for row, _ in out.reranked]
+        raw = [gallery_raw[row] if row >= 0 else norm[i] for i, (row, _) in enumerate(out.reranked)]
+        reranked = (norm, raw, np.array([row >= 0 for row, _ in out.reranked]))
     ce_own = [torch.cat(parts).double().numpy() for parts in zip(*out.ce_sample)]
     ce_swap = [torch.cat(parts).double().numpy() for parts in zip(*out.ce_swapped_sample)]
     # video->text gallery: the split's distinct sentences; a group is searched against it too
@@ -266,6 +286,10 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
         if beams is not None:
             s["beam"] = generation(beams, beams, sel)
             s["beam_size"] = beam
+        if reranked is not None:
+            s["rerank"] = {**generation(reranked[0], reranked[1], sel),
+                           "retrieved_rate": float(reranked[2][sel].mean()) if len(sel) else float("nan")}
+            s["rerank_settings"] = {"k": rerank, "clip_weight": rerank_weight}
         s["swapped"] = {**emb(clip_swapped), **generation(hyps_swapped, hyps_swapped, sel),
                         "ce": _ce_of(ce_swap, sel)}
         original = {**s["clip"], **s["greedy"]}
@@ -283,10 +307,14 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
         # the flat keys the user and `compare` read first: CLIP head, greedy decoding
         s.update({k: v for k, v in original.items() if k != "n_samples"})
         s.update(s["visual_dependence"])
+        if reranked is not None:  # flat too: the demo's and `compare`'s tables read flat keys
+            s.update({f"{k}_rerank": s["rerank"][k] for k in ("wer", "bleu4", "chrf", "retrieved_rate")})
         s["warnings"] = report.diagnose(s)
         return s
 
     summary = {"split": split, **summarise(np.arange(n))}
+    if rerank_skipped:
+        summary["warnings"].append(f"reranking skipped: {rerank_skipped}")
     summary["scoring"] = scoring(lowercase, data.vocab)
     # groups: the same pass, scored again on each subset (values as the cache writes them)
     summary["by"] = {}
@@ -308,6 +336,9 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
                   "reference": raw_refs[i], "reference_normalised": refs[i], "greedy": hyps[i]}
         if beams is not None:
             record["beam"] = beams[i]
+        if reranked is not None:
+            record["rerank"] = reranked[1][i]
+            record["rerank_source"] = "retrieved" if reranked[2][i] else "decoder"
         record.update({
             "wer": metrics.sentence_wer(hyps[i], raw_refs[i], lowercase),
             "wer_normalised": metrics.sentence_wer(hyps[i], refs[i]),
@@ -434,6 +465,12 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
     ap.add_argument("--split", default="test")
     ap.add_argument("--beam", type=int, default=0, help="also decode with this beam size (0/1: greedy only)")
+    ap.add_argument("--rerank", type=int, default=5, metavar="K",
+                    help="also score retrieval-augmented decoding: the decoder's hypotheses and the K "
+                         "training sentences nearest in CLIP space, rescored by decoder likelihood + "
+                         "CLIP logit (0: off)")
+    ap.add_argument("--rerank-weight", type=float, default=1.0,
+                    help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", type=Path, help="evaluate on this cache instead of the run's")
     ap.add_argument("--checkpoint", help="checkpoint file name inside the run, e.g. step-000500.safetensors "
@@ -451,7 +488,7 @@ def main(argv=None) -> int:
 
     from .checkpoint import CheckpointError, load_run
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     t0 = time.time()
     try:
         name = args.checkpoint or default_checkpoint(args.run)
@@ -462,7 +499,8 @@ def main(argv=None) -> int:
             [c for c in args.by if c.lower() != "none"]
         summary, extras = evaluate(model, data, args.split, batch_size=args.batch_size,
                                    max_len=cfg.max_text_len, beam=args.beam, seed=args.seed,
-                                   n_examples=args.examples, by=by, columns=columns)
+                                   n_examples=args.examples, by=by, columns=columns,
+                                   rerank=args.rerank, rerank_weight=args.rerank_weight)
         note = checkpoint_note(args.run, name, asked=args.checkpoint is not None)
     except (CheckpointError, CacheError, EvaluationError) as e:
         from preprocess.cli import report_error

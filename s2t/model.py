@@ -292,3 +292,15 @@ class SignTranslator(nn.Module):
                 continue
             (no_decay if p.ndim < 2 or "tokens" in name or name == "logit_scale" else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def sequence_nats(model, memory, mask, tokens, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher forcing, per row of tokens (B,L: BOS ... EOS PAD): the summed next-token
+    cross-entropy in nats over the real target tokens, and their count. How well the decoder of
+    `model` (anything with `decoder_logits`) explains a given sentence for a given video: the
+    evaluation's CE and the reranker's likelihood."""
+    logits = model.decoder_logits(memory, mask, tokens[:, :-1]).float()
+    target = tokens[:, 1:]
+    loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad,
+                           reduction="none").view(target.shape)
+    return loss.sum(1), (target != pad).sum(1)

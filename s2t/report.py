@@ -197,6 +197,8 @@ def summary_markdown(summary: dict, examples: list[dict] | None = None) -> str:
         columns["SupCon head (video only)"] = summary["supcon"]
     if summary.get("beam"):
         columns[f"beam {summary.get('beam_size', '')}".strip()] = summary["beam"]
+    if summary.get("rerank"):
+        columns["reranked: decoder + nearest training sentences"] = summary["rerank"]
     if summary.get("swapped"):
         columns["video swapped"] = summary["swapped"]
     for name, title in (("most_frequent", "baseline: most frequent sentence"),

@@ -22,19 +22,27 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
+from preprocess.cli import report_error
 from preprocess.store import write_json_atomic
+from preprocess.text import word_embeddings
 
 from .checkpoint import (CONFIG, LAST, RUN_INFO, CheckpointError, build_model, link_checkpoint,
-                         load_checkpoint, read_run, save_checkpoint, strip, write_run_info)
-from .config import TrainConfig, load_config
-from .data import BatchFeed, KeypointData, PKBatchSampler, load_data, samples_per_label
+                         load_checkpoint, read_run, remove_stale_temps, save_checkpoint, strip,
+                         write_run_info)
+from .config import ConfigError, TrainConfig, load_config
+from .data import BatchFeed, KeypointData, PKBatchSampler, Vocab, load_data, samples_per_label
+from .device import resolve_device
 from .losses import Losses
+from .metrics import derangement, embedding_metrics
 from .report import validation_warnings
 
 log = logging.getLogger("s2t.train")
@@ -62,15 +70,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {cfg.device!r} asked for, but CUDA is not available here")
-    return dev
-
-
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype (None = fp32): fp16 + GradScaler on CUDA by default, fp32 on CPU."""
     p = cfg.precision
@@ -94,8 +93,6 @@ def drop_tokens(inputs: torch.Tensor, p: float, unk: int, pad: int, gen: torch.G
 def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autocast, split="val") -> dict:
     """Val losses (no queue), the collapse metrics of the video/text embeddings, and the decoder's
     visual dependence: its CE again with every video swapped for one of another sentence."""
-    from .metrics import derangement, embedding_metrics
-
     was_training = model.training
     model.eval()
     sums, n, video, text, labels, text_ids = {}, 0, [], [], [], []
@@ -184,6 +181,21 @@ def all_ranks_finite(loss: torch.Tensor) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Checkpoint state
 
+@dataclass
+class TrainState:
+    """What the optimizer steps change and a checkpoint saves, besides the sampler's position:
+    weights, AdamW moments, GradScaler, augmentation/dropout generators, memory queues (in the
+    losses), the step, and the counters that travel in the checkpoint metadata (so the best value
+    so far survives --resume)."""
+    model: torch.nn.Module  # the model itself, never its DDP wrapper
+    losses: Losses
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gens: dict[str, torch.Generator]
+    step: int = 0
+    counters: dict = field(default_factory=lambda: {"bad_steps": 0, "samples_seen": 0, "best": None})
+
+
 def training_state(model, opt, scaler, sampler, gens, losses, step, counters) -> tuple[dict, dict]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = opt.state_dict()
@@ -240,256 +252,332 @@ def truncate_metrics(path: Path, step: int) -> None:
 def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after: int | None = None) -> dict:
     """Train; returns the last validation metrics (empty dict without a val split)."""
     run_dir = Path(run_dir)
-    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in
-                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    device = resolve_device(cfg, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    main_proc = rank == 0
+    job = setup_distributed(cfg)
+    device, main_proc = job.device, job.main
     amp_dtype = resolve_precision(cfg, device)
+    autocast = partial(torch.autocast, device.type, dtype=amp_dtype) if amp_dtype else nullcontext
     best_metric, higher = resolve_best_metric(cfg)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-
     # --- data and model (the run folder's vocabulary on resume, so ids cannot shift)
-    torch.manual_seed(cfg.seed + rank)
-    info = None
-    if resume:
-        if not (run_dir / LAST).is_file():
-            raise TrainingError(f"{run_dir}: nothing to resume (no {LAST})")
-        _, info = read_run(run_dir)
-    elif (run_dir / LAST).exists():
-        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run")
-    from .data import Vocab
-    t0 = time.time()
-    data = load_data(cache_dir, cfg, device, vocab=Vocab.from_json(info["vocab"]) if info else None)
-    train_rows = data.rows("train")
-    if len(train_rows) == 0:
-        raise TrainingError(f"{cache_dir}: no samples with split 'train'")
-    has_val = len(data.rows("val")) > 0
-    if main_proc:
-        log.info("cache %s: %d train / %d val samples, %d features per frame, vocabulary %d (%s), "
-                 "data on %s, loaded in %.1fs", cache_dir, len(train_rows), len(data.rows("val")),
-                 data.feature_dim, data.vocab.size, data.vocab.kind,
-                 f"streamed from the cache ({cfg.memory_budget_mb} MB budget)" if data.streams else data.store,
-                 time.time() - t0)
-        if not has_val:
-            log.warning("no 'val' split in the cache: no validation metrics will be computed")
-        elif data.seen_val_signers():
-            seen = data.seen_val_signers()
-            log.warning("validation signers %s also sign in training: validation will not predict how "
-                        "unseen people fare; hold whole signers out with val_signers=[...]%s", seen[:10],
-                        "" if len(seen) < len(set(data.signers[data.rows("val")].tolist())) else
-                        " (every validation signer is a training signer)")
-        if getattr(data, "mirrored", None) is not None and cfg.canonical_hand != "none":
-            for split in ("train", "val"):
-                r = data.rows(split)
-                if len(r):
-                    log.info("canonical_hand: %.1f%% of %s clips mirrored (signed mainly with the left hand)",
-                             100 * data.mirrored[r].mean(), split)
+    torch.manual_seed(cfg.seed + job.rank)
+    info = open_run_folder(run_dir, resume)
+    data = load_train_data(cfg, cache_dir, device, info, main_proc)
+    train_rows, has_val = data.rows("train"), len(data.rows("val")) > 0
     info = info or {"cache": data.cache_dir, "vocab": data.vocab.to_json(), "components": data.components,
                     "in_dim": data.feature_dim, "text_dim": data.text_dim}
-    model, _ = build_model(cfg, info)
-    model.to(device)
-    if not resume:  # (on resume the statistics come back with the weights)
-        model.encoder.set_input_stats(*data.feature_stats("train"))
-        if cfg.token_init == "pretrained":
-            from preprocess.text import word_embeddings
-            source = data.vocab.tokenizer  # the model whose vocabulary the token ids index
-            model.init_token_embeddings(torch.from_numpy(word_embeddings(source)))
-            if main_proc:
-                log.info("decoder token embeddings initialised from the word embeddings of %s", source)
-    raw_model = model
+    raw_model = build_train_model(cfg, info, data, device, fresh=not resume, main_proc=main_proc)
     losses = Losses(cfg, data.vocab, device, model=raw_model, text_dim=data.text_dim)
-    if world > 1:  # a part of the model no active loss reads gets no gradient: tell DDP
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=not losses.uses_whole_model)
+    model = job.wrap(raw_model, losses)  # what the training forward pass calls
     if main_proc:
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info("model: %.2fM parameters, precision %s, device %s", n_params / 1e6,
                  str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device)
-
     opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
                             fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    k = (samples_per_label(data.label_np[train_rows], cfg.samples_per_label, cfg.batch_size)
-         if cfg.adapt_samples_per_label else cfg.samples_per_label)
-    if main_proc and k != cfg.samples_per_label:
-        log.info("samples_per_label: %d instead of %d (the median training label has %d clips; more "
-                 "would be augmented copies taking the place of other sentences)", k, cfg.samples_per_label,
-                 int(np.median(np.unique(data.label_np[train_rows], return_counts=True)[1])))
-    sampler = PKBatchSampler(data.label_np[train_rows], data.lengths[train_rows], cfg.batch_size,
-                             k, cfg.bucket_batches, seed=cfg.seed, rank=rank, world=world)
-    gens = {"aug_time": torch.Generator().manual_seed(cfg.seed * 1000 + rank),
-            "aug_space": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)}
-    # counters travel in the checkpoint metadata: the best value so far survives --resume
-    step, counters = 0, {"bad_steps": 0, "samples_seen": 0, "best": None}
-    metrics_path = run_dir / METRICS
+    sampler = make_sampler(cfg, data, train_rows, job)
+    state = TrainState(raw_model, losses, opt, scaler, make_generators(cfg, job))
+
+    # --- where the run starts: the last checkpoint on resume, else step 0
     if resume:
-        meta = restore_state(run_dir / LAST, raw_model, opt, scaler, sampler, gens, losses)
-        step = meta["step"]
-        counters = {k: meta.get(k, v) for k, v in counters.items()}
-        if main_proc:
-            counters["best"] = _resume_best(run_dir, counters["best"], best_metric, step)
-        if world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own stream again
-            torch.manual_seed(cfg.seed + 7919 * step + rank)
-            for i, g in enumerate(gens.values()):
-                g.manual_seed(cfg.seed * 1000 + 7919 * step + 2 * rank + i)
-        if main_proc:
-            truncate_metrics(metrics_path, step)
-            # what was restored, in one line: where the sampler stands and how full the queues are
-            queued = losses.active_queues()
-            queues = (", ".join(f"{n} {losses.queues[n].count}/{losses.queues[n].size}" for n in queued)
-                      + f" (joining at step {cfg.queue_start})" if cfg.queue_size and queued else "off")
-            log.info("resumed %s at step %d: sampler epoch %d, batch %d of %d in the epoch; memory queues %s; "
-                     "%d samples seen", run_dir / LAST, step, sampler.epoch, sampler.position, len(sampler._plan),
-                     queues, counters["samples_seen"])
-    elif main_proc and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run in a folder whose earlier run never reached a checkpoint
-    if not resume and main_proc and (run_dir / BEST).exists():
-        (run_dir / BEST).unlink()
+        resume_state(state, sampler, run_dir, cfg, job, best_metric)
+    elif main_proc:
+        clear_run_folder(run_dir)
     if main_proc:
-        info = {**info, "best_metric": best_metric, "best": counters["best"]}  # run.json says which step is best
+        info = {**info, "best_metric": best_metric, "best": state.counters["best"]}  # run.json says which step is best
         write_run_info(run_dir, cfg, info)  # the resolved config (with resume overrides) + vocabulary
-    writer = _tensorboard(run_dir) if main_proc else None
-    metrics_file = open(metrics_path, "a") if main_proc else None
 
-    def record(entry: dict) -> None:
-        # strict JSON: a NaN/inf value (a skipped step, PosSim without pairs) is written as null
-        entry = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
-        metrics_file.write(json.dumps(entry) + "\n")
-        metrics_file.flush()
-        if writer is not None:
-            for k, v in entry.items():
-                if isinstance(v, (int, float)) and k != "step":  # (None is neither)
-                    writer.add_scalar(f"{entry.get('split', 'train')}/{k}", v, entry["step"])
-
-    # streaming: the next batches' samples are read on a background thread; the feed's state is the
-    # sampler's after the last batch trained on, so checkpoints stay exact
+    # --- the loop. Streaming: the next batches' samples are read on a background thread; the feed's
+    # state is the sampler's after the last batch trained on, so checkpoints stay exact
     feed = BatchFeed(data, sampler, train_rows, cfg.prefetch_batches)
-
-    def checkpoint(best: bool = False) -> None:
-        tensors, meta = training_state(raw_model, opt, scaler, feed, gens, losses, step, counters)
-        periodic = run_dir / f"step-{step:06d}.safetensors"
-        save_checkpoint(periodic, tensors, meta)
-        link_checkpoint(periodic, run_dir / LAST)
-        if best:  # after last: best is never newer than the checkpoint a resume starts from
-            link_checkpoint(periodic, run_dir / BEST)
-            write_json_atomic(run_dir / RUN_INFO, info | {"best": counters["best"]})
-        for old in sorted(run_dir.glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
-            old.unlink()
-
-    from tqdm import tqdm
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not main_proc, dynamic_ncols=True, desc="train")
-    window = {"t": time.time(), "samples": 0, "data_s": 0.0}
-    val, previous_val = {}, {}
+    run_log = RunLog(run_dir, main_proc, state.step, cfg.max_steps)
+    val = {}
     model.train()
     try:
-        while step < cfg.max_steps:
-            lr = lr_at(step, cfg)
-            new_best = False
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            parts_sum, finite = None, True
-            # the queue waits until the encoder drifts slowly (XBM, Wang et al. 2020): embeddings
-            # queued while it still changes fast are stale and pull everything into one cone
-            queue_on = step >= cfg.queue_start
-            for micro in range(cfg.accumulation_steps):
-                t_data = time.perf_counter()
-                rows, frames = next(feed)
-                batch = data.batch(rows, gens["aug_time"], gens["aug_space"], frames=frames)
-                window["data_s"] += time.perf_counter() - t_data
-                # DDP: all-reduce gradients once per step, on the last micro-batch
-                last_micro = micro == cfg.accumulation_steps - 1
-                dec_in = batch.tokens[:, :-1] if losses.needs_decoder else None
-                if dec_in is not None and cfg.token_dropout > 0:
-                    dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
-                with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
-                    out = model(batch.x, batch.mask, dec_in,
-                                batch.text_emb if losses.needs_text else None, heads=losses.heads())
-                    total, parts = losses(out, batch, use_queue=queue_on)
-                    scaler.scale(total / cfg.accumulation_steps).backward()
-                detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])
-                parts_sum = detached if parts_sum is None else parts_sum + detached
-                ok = all_ranks_finite(total.detach())  # the same answer on every rank: collectives stay in step
-                finite = finite and ok
-                if queue_on and ok:  # never let a NaN embedding into the queues
-                    losses.push(out, batch)
-                window["samples"] += len(batch.index) * world
-            values = (parts_sum / cfg.accumulation_steps).tolist()
-            if not finite:
-                counters["bad_steps"] += 1
-                opt.zero_grad(set_to_none=True)
-                log.warning("step %d: loss is %s; step skipped (%d so far)", step + 1, values[0], counters["bad_steps"])
-                if counters["bad_steps"] > cfg.max_bad_steps:
-                    raise TrainingError(f"{counters['bad_steps']} steps with a NaN/inf loss (max_bad_steps "
-                                        f"{cfg.max_bad_steps}); lower lr, check the cache, or use fp32")
-                grad_norm = float("nan")
-            else:
-                scaler.unscale_(opt)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                    raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
-                scaler.step(opt)
-                scaler.update()
-            step += 1
-            counters["samples_seen"] += cfg.batch_size * cfg.accumulation_steps * world
-
+        while state.step < cfg.max_steps:
+            done = train_step(state, model, data, feed, cfg, autocast, job.world)
+            step = state.step
+            run_log.count(done)
             if main_proc and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                elapsed = time.time() - window["t"]
-                entry = {"step": step, "split": "train", "loss": values[0],
-                         **dict(zip(parts.keys(), values[1:])), "lr": lr, "grad_norm": grad_norm,
-                         "logit_scale": float(raw_model.clip_scale().detach()), "samples_per_s": window["samples"] / elapsed,
-                         "data_share": window["data_s"] / elapsed, "bad_steps": counters["bad_steps"]}
-                if data.streams:  # what the streaming reader holds: tune memory_budget_mb with these
-                    entry |= {"stream_held_mb": data.reader.bytes_held / 2**20,
-                              "stream_peak_mb": data.reader.peak_bytes / 2**20,
-                              "stream_blocks_read": data.reader.blocks_read}
-                record(entry)
-                bar.set_postfix({k: f"{entry[k]:.3f}" for k in ("loss", *parts.keys())})
-                window = {"t": time.time(), "samples": 0, "data_s": 0.0}
-            bar.update(1)
+                run_log.train_entry(step, done, state, data)
+            run_log.bar.update(1)
 
+            new_best = False
             if has_val and main_proc and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                val = validate(raw_model, data, losses, cfg, autocast)
-                new_best = improves(val.get(best_metric), counters["best"], higher)
-                if new_best:
-                    counters["best"] = {"metric": best_metric, "value": float(val[best_metric]), "step": step}
-                record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"},
-                        "best_metric": best_metric, "is_best": new_best})
-                if new_best:
-                    log.info("step %d val: best %s so far (%.4f) -> %s", step, best_metric, val[best_metric], BEST)
-                log.info("step %d val: loss %.3f PosSim %.3f NegSim %.3f Ret@1 v2t %.3f t2v %.3f", step,
-                         val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
-                for warning in validation_warnings(val):  # the same rule as `s2t eval`'s verdict
-                    log.warning("step %d val (%s head): %s", step, val["head"], warning)
-                drift = neg_sim_jump(previous_val, val, cfg, step)
-                if drift:
-                    log.warning("step %d val: %s", step, drift)
-                previous_val = val
-            if world > 1:
-                dist.barrier()
+                val, new_best = validate_and_log(state, data, cfg, autocast, (best_metric, higher), val, run_log)
+            job.barrier()
 
             stopping = stop_after is not None and step >= stop_after
             if main_proc and (step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping or new_best):
-                checkpoint(best=new_best)
+                write_checkpoint(state, feed, run_dir, cfg, info, best=new_best)
             if stopping:
                 log.info("stopping after step %d as asked (--stop-after)", step)
                 break
     finally:
         feed.close()
-        bar.close()
-        if metrics_file:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        run_log.close()
+        job.close()
     return val
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: processes, run folder, data, model, sampler
+
+@dataclass(frozen=True)
+class Job:
+    """This process's place in the training job: its rank among `world` (torchrun's environment;
+    one process without torchrun) and its device. Rank 0 alone logs, validates and checkpoints."""
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model, losses: Losses):
+        """The model as the training forward pass calls it: in DDP on several ranks."""
+        if self.world > 1:  # a part of the model no active loss reads gets no gradient: tell DDP
+            return torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=not losses.uses_whole_model)
+        return model
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_distributed(cfg: TrainConfig) -> Job:
+    """Rank, world size and device from torchrun's environment; with several ranks, the process
+    group (NCCL on GPUs, Gloo on CPUs)."""
+    rank, world, local_rank = (int(os.environ.get(k, d)) for k, d in
+                               (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    device = resolve_device(cfg.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Job(rank, world, device)
+
+
+def open_run_folder(run_dir: Path, resume: bool) -> dict | None:
+    """The run info (run.json) of the run to resume, None for a new run. Refuses to resume a folder
+    without a checkpoint, and to start a new run over an existing one."""
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise TrainingError(f"{run_dir}: nothing to resume (no {LAST})")
+        return read_run(run_dir)[1]
+    if (run_dir / LAST).exists():
+        raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --run")
+    return None
+
+
+def clear_run_folder(run_dir: Path) -> None:
+    """A new run in a folder whose earlier run never reached a checkpoint: its log and best go."""
+    for name in (METRICS, BEST):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def load_train_data(cfg: TrainConfig, cache_dir, device, info: dict | None, main_proc: bool) -> KeypointData:
+    """The cache (in memory, or streamed with cfg.stream), with the resumed run's vocabulary when
+    `info` is given; rank 0 says what it holds and warns about validation that predicts little."""
+    t0 = time.time()
+    data = load_data(cache_dir, cfg, device, vocab=Vocab.from_json(info["vocab"]) if info else None)
+    train_rows, val_rows = data.rows("train"), data.rows("val")
+    if len(train_rows) == 0:
+        raise TrainingError(f"{cache_dir}: no samples with split 'train'")
+    if not main_proc:
+        return data
+    log.info("cache %s: %d train / %d val samples, %d features per frame, vocabulary %d (%s), "
+             "data on %s, loaded in %.1fs", cache_dir, len(train_rows), len(val_rows),
+             data.feature_dim, data.vocab.size, data.vocab.kind,
+             f"streamed from the cache ({cfg.memory_budget_mb} MB budget)" if data.streams else data.store,
+             time.time() - t0)
+    if len(val_rows) == 0:
+        log.warning("no 'val' split in the cache: no validation metrics will be computed")
+    elif data.seen_val_signers():
+        seen = data.seen_val_signers()
+        log.warning("validation signers %s also sign in training: validation will not predict how "
+                    "unseen people fare; hold whole signers out with val_signers=[...]%s", seen[:10],
+                    "" if len(seen) < len(set(data.signers[val_rows].tolist())) else
+                    " (every validation signer is a training signer)")
+    if getattr(data, "mirrored", None) is not None and cfg.canonical_hand != "none":
+        for split, r in (("train", train_rows), ("val", val_rows)):
+            if len(r):
+                log.info("canonical_hand: %.1f%% of %s clips mirrored (signed mainly with the left hand)",
+                         100 * data.mirrored[r].mean(), split)
+    return data
+
+
+def build_train_model(cfg: TrainConfig, info: dict, data: KeypointData, device, fresh: bool, main_proc: bool):
+    """The model on `device`. A fresh one gets the training set's input statistics and, with
+    token_init: pretrained, the text model's word embeddings (on resume both come with the weights)."""
+    model, _ = build_model(cfg, info)
+    model.to(device)
+    if fresh:
+        model.encoder.set_input_stats(*data.feature_stats("train"))
+        if cfg.token_init == "pretrained":
+            source = data.vocab.tokenizer  # the model whose vocabulary the token ids index
+            model.init_token_embeddings(torch.from_numpy(word_embeddings(source)))
+            if main_proc:
+                log.info("decoder token embeddings initialised from the word embeddings of %s", source)
+    return model
+
+
+def make_sampler(cfg: TrainConfig, data: KeypointData, train_rows, job: Job) -> PKBatchSampler:
+    """P x K batches over the training rows (this rank's share of each epoch), K lowered to the
+    median number of clips per training label when cfg.adapt_samples_per_label."""
+    k = (samples_per_label(data.label_np[train_rows], cfg.samples_per_label, cfg.batch_size)
+         if cfg.adapt_samples_per_label else cfg.samples_per_label)
+    if job.main and k != cfg.samples_per_label:
+        log.info("samples_per_label: %d instead of %d (the median training label has %d clips; more "
+                 "would be augmented copies taking the place of other sentences)", k, cfg.samples_per_label,
+                 int(np.median(np.unique(data.label_np[train_rows], return_counts=True)[1])))
+    return PKBatchSampler(data.label_np[train_rows], data.lengths[train_rows], cfg.batch_size,
+                          k, cfg.bucket_batches, seed=cfg.seed, rank=job.rank, world=job.world)
+
+
+def make_generators(cfg: TrainConfig, job: Job) -> dict[str, torch.Generator]:
+    """This rank's augmentation streams: time on the CPU, space (and token dropout) on the device."""
+    return {"aug_time": torch.Generator().manual_seed(cfg.seed * 1000 + job.rank),
+            "aug_space": torch.Generator(device=job.device).manual_seed(cfg.seed * 1000 + 500 + job.rank)}
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+
+@dataclass
+class StepResult:
+    lr: float
+    losses: dict[str, float]  # "loss" (the weighted sum) and each active loss, means over the micro-batches
+    grad_norm: float  # before clipping; NaN for a skipped step
+    samples: int  # trained on, all ranks together
+    data_s: float  # seconds spent assembling batches
+
+
+def train_step(state: TrainState, model, data: KeypointData, feed: BatchFeed, cfg: TrainConfig, autocast,
+               world: int) -> StepResult:
+    """One optimizer step over cfg.accumulation_steps micro-batches; advances state.step. A loss that
+    is NaN/inf on any rank skips the step, counted: more than max_bad_steps stop the run."""
+    losses, gens, opt, scaler, counters = state.losses, state.gens, state.opt, state.scaler, state.counters
+    lr = lr_at(state.step, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    parts_sum, finite, samples, data_s = None, True, 0, 0.0
+    # the queue waits until the encoder drifts slowly (XBM, Wang et al. 2020): embeddings
+    # queued while it still changes fast are stale and pull everything into one cone
+    queue_on = state.step >= cfg.queue_start
+    for micro in range(cfg.accumulation_steps):
+        t_data = time.perf_counter()
+        rows, frames = next(feed)
+        batch = data.batch(rows, gens["aug_time"], gens["aug_space"], frames=frames)
+        data_s += time.perf_counter() - t_data
+        # DDP: all-reduce gradients once per step, on the last micro-batch
+        last_micro = micro == cfg.accumulation_steps - 1
+        dec_in = batch.tokens[:, :-1] if losses.needs_decoder else None
+        if dec_in is not None and cfg.token_dropout > 0:
+            dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
+        with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
+            out = model(batch.x, batch.mask, dec_in,
+                        batch.text_emb if losses.needs_text else None, heads=losses.heads())
+            total, parts = losses(out, batch, use_queue=queue_on)
+            scaler.scale(total / cfg.accumulation_steps).backward()
+        detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])
+        parts_sum = detached if parts_sum is None else parts_sum + detached
+        ok = all_ranks_finite(total.detach())  # the same answer on every rank: collectives stay in step
+        finite = finite and ok
+        if queue_on and ok:  # never let a NaN embedding into the queues
+            losses.push(out, batch)
+        samples += len(batch.index) * world
+    values = (parts_sum / cfg.accumulation_steps).tolist()
+    if not finite:
+        counters["bad_steps"] += 1
+        opt.zero_grad(set_to_none=True)
+        log.warning("step %d: loss is %s; step skipped (%d so far)", state.step + 1, values[0], counters["bad_steps"])
+        if counters["bad_steps"] > cfg.max_bad_steps:
+            raise TrainingError(f"{counters['bad_steps']} steps with a NaN/inf loss (max_bad_steps "
+                                f"{cfg.max_bad_steps}); lower lr, check the cache, or use fp32")
+        grad_norm = float("nan")
+    else:
+        scaler.unscale_(opt)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            state.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        scaler.step(opt)
+        scaler.update()
+    state.step += 1
+    counters["samples_seen"] += cfg.batch_size * cfg.accumulation_steps * world
+    return StepResult(lr, dict(zip(["loss", *parts], values)), grad_norm, samples, data_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and checkpoints (rank 0)
+
+def validate_and_log(state: TrainState, data: KeypointData, cfg: TrainConfig, autocast, best_by: tuple[str, bool],
+                     previous: dict, run_log: RunLog) -> tuple[dict, bool]:
+    """Validation at state.step, logged with its warnings (collapse; NegSim jumped since `previous`)
+    -> (metrics, whether they are the best so far by best_by = (metric, higher is better))."""
+    step, (best_metric, higher) = state.step, best_by
+    val = validate(state.model, data, state.losses, cfg, autocast)
+    new_best = improves(val.get(best_metric), state.counters["best"], higher)
+    if new_best:
+        state.counters["best"] = {"metric": best_metric, "value": float(val[best_metric]), "step": step}
+    run_log.record({"step": step, "split": "val", **{k: v for k, v in val.items() if k != "head"},
+                    "best_metric": best_metric, "is_best": new_best})
+    if new_best:
+        log.info("step %d val: best %s so far (%.4f) -> %s", step, best_metric, val[best_metric], BEST)
+    log.info("step %d val: loss %.3f PosSim %.3f NegSim %.3f Ret@1 v2t %.3f t2v %.3f", step,
+             val["loss"], val["pos_sim"], val["neg_sim"], val["ret1_v2t"], val["ret1_t2v"])
+    for warning in validation_warnings(val):  # the same rule as `s2t eval`'s verdict
+        log.warning("step %d val (%s head): %s", step, val["head"], warning)
+    drift = neg_sim_jump(previous, val, cfg, step)
+    if drift:
+        log.warning("step %d val: %s", step, drift)
+    return val, new_best
+
+
+def write_checkpoint(state: TrainState, feed: BatchFeed, run_dir: Path, cfg: TrainConfig, info: dict,
+               best: bool = False) -> None:
+    """step-NNNNNN.safetensors, linked as last (and as best), the oldest beyond keep_checkpoints removed."""
+    tensors, meta = training_state(state.model, state.opt, state.scaler, feed, state.gens, state.losses,
+                                   state.step, state.counters)
+    periodic = run_dir / f"step-{state.step:06d}.safetensors"
+    save_checkpoint(periodic, tensors, meta)
+    link_checkpoint(periodic, run_dir / LAST)
+    if best:  # after last: best is never newer than the checkpoint a resume starts from
+        link_checkpoint(periodic, run_dir / BEST)
+        write_json_atomic(run_dir / RUN_INFO, info | {"best": state.counters["best"]})
+    for old in sorted(run_dir.glob("step-*.safetensors"))[: -cfg.keep_checkpoints]:
+        old.unlink()
+
+
+def resume_state(state: TrainState, sampler: PKBatchSampler, run_dir: Path, cfg: TrainConfig, job: Job,
+                 best_metric: str) -> None:
+    """Load last.safetensors into `state` and the sampler, and drop what was logged after it."""
+    meta = restore_state(run_dir / LAST, state.model, state.opt, state.scaler, sampler, state.gens, state.losses)
+    step = state.step = meta["step"]
+    state.counters = {k: meta.get(k, v) for k, v in state.counters.items()}
+    if job.main:
+        state.counters["best"] = _resume_best(run_dir, state.counters["best"], best_metric, step)
+    if job.world > 1:  # the checkpoint holds rank 0's RNG: give every rank its own stream again
+        torch.manual_seed(cfg.seed + 7919 * step + job.rank)
+        for i, g in enumerate(state.gens.values()):
+            g.manual_seed(cfg.seed * 1000 + 7919 * step + 2 * job.rank + i)
+    if job.main:
+        truncate_metrics(run_dir / METRICS, step)
+        # what was restored, in one line: where the sampler stands and how full the queues are
+        losses = state.losses
+        queued = losses.active_queues()
+        queues = (", ".join(f"{n} {losses.queues[n].count}/{losses.queues[n].size}" for n in queued)
+                  + f" (joining at step {cfg.queue_start})" if cfg.queue_size and queued else "off")
+        log.info("resumed %s at step %d: sampler epoch %d, batch %d of %d in the epoch; memory queues %s; "
+                 "%d samples seen", run_dir / LAST, step, sampler.epoch, sampler.position, len(sampler._plan),
+                 queues, state.counters["samples_seen"])
 
 
 def _resume_best(run_dir: Path, best: dict | None, metric: str, step: int) -> dict | None:
@@ -507,8 +595,60 @@ def _resume_best(run_dir: Path, best: dict | None, metric: str, step: int) -> di
     return best
 
 
+# ---------------------------------------------------------------------------------------------
+# Logging (rank 0)
+
+class RunLog:
+    """Rank 0's record of the run: metrics.jsonl, TensorBoard scalars (when tensorboard is
+    installed), the progress bar, and the throughput since the last train entry. Other ranks get
+    one that writes nothing and shows no bar."""
+
+    def __init__(self, run_dir: Path, main_proc: bool, step: int, max_steps: int):
+        self.writer = _tensorboard(run_dir) if main_proc else None
+        self.file = open(run_dir / METRICS, "a") if main_proc else None
+        self.bar = tqdm(total=max_steps, initial=step, disable=not main_proc, dynamic_ncols=True, desc="train")
+        self._restart_window()
+
+    def _restart_window(self) -> None:
+        self.window_start, self.samples, self.data_s = time.time(), 0, 0.0
+
+    def count(self, done: StepResult) -> None:
+        self.samples += done.samples
+        self.data_s += done.data_s
+
+    def record(self, entry: dict) -> None:
+        # strict JSON: a NaN/inf value (a skipped step, PosSim without pairs) is written as null
+        entry = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k, v in entry.items():
+                if isinstance(v, (int, float)) and k != "step":  # (None is neither)
+                    self.writer.add_scalar(f"{entry.get('split', 'train')}/{k}", v, entry["step"])
+
+    def train_entry(self, step: int, done: StepResult, state: TrainState, data: KeypointData) -> None:
+        elapsed = time.time() - self.window_start
+        entry = {"step": step, "split": "train", **done.losses, "lr": done.lr, "grad_norm": done.grad_norm,
+                 "logit_scale": float(state.model.clip_scale().detach()), "samples_per_s": self.samples / elapsed,
+                 "data_share": self.data_s / elapsed, "bad_steps": state.counters["bad_steps"]}
+        if data.streams:  # what the streaming reader holds: tune memory_budget_mb with these
+            entry |= {"stream_held_mb": data.reader.bytes_held / 2**20,
+                      "stream_peak_mb": data.reader.peak_bytes / 2**20,
+                      "stream_blocks_read": data.reader.blocks_read}
+        self.record(entry)
+        self.bar.set_postfix({k: f"{entry[k]:.3f}" for k in done.losses})
+        self._restart_window()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _tensorboard(run_dir: Path):
-    try:
+    try:  # lazy: tensorboard is optional (a dev extra)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         log.info("tensorboard is not installed: metrics go to %s only", run_dir / METRICS)
@@ -548,8 +688,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    from .checkpoint import remove_stale_temps
-    from .config import ConfigError
     try:
         if args.resume:
             saved = Path(args.run) / CONFIG
@@ -570,7 +708,6 @@ def main(argv=None) -> int:
                 log.info("removed %s, left by an interrupted checkpoint save", tmp)
         train(cfg, args.cache, args.run, resume=args.resume, stop_after=args.stop_after)
     except (ConfigError, TrainingError, CheckpointError) as e:
-        from preprocess.cli import report_error
         return report_error(e)
     return 0
 

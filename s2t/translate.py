@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Vocab, normalise_keypoints, rebind_vocab
+from .data import Vocab, encode_texts, normalise_keypoints, rebind_vocab
+from .device import resolve_device
+from .rerank import Gallery, Reranker, unavailable as rerank_unavailable
 
 
 NO_WORDS = "(none: the model ended the sentence at once)"
@@ -26,23 +28,44 @@ class Translation:
     sentence: str
     neighbours: list[tuple[str, float]]  # (training sentence, cosine), best first
     n_frames: int
+    reranked: str | None = None           # retrieval-augmented answer (`s2t.rerank`), when asked
+    reranked_source: str | None = None    # "retrieved" (a training sentence) or "decoder"
+
+
+def training_sentence_rows(cache) -> np.ndarray:
+    """Cache rows of the distinct training sentences (the first clip of each), in row order."""
+    from preprocess.manifest import normalise_text
+
+    texts = np.asarray(cache.samples["text"]).astype(str)
+    rows = np.flatnonzero(np.asarray(cache.samples["split"]).astype(str) == "train")
+    _, first = np.unique([normalise_text(t) for t in texts[rows]], return_index=True)
+    return rows[np.sort(first)]
 
 
 def training_sentences(cache, model, device, batch_size: int = 1024) -> tuple[list[str], torch.Tensor]:
     """Distinct training sentences of the run's cache and their CLIP text embeddings
     (read from the text store only: no keypoints are loaded)."""
-    from preprocess.manifest import normalise_text
-
+    rows = training_sentence_rows(cache)
     texts = np.asarray(cache.samples["text"]).astype(str)
-    split = np.asarray(cache.samples["split"]).astype(str)
-    rows = np.flatnonzero(split == "train")
-    _, first = np.unique([normalise_text(t) for t in texts[rows]], return_index=True)
-    rows = rows[np.sort(first)]
     sentence_emb = torch.from_numpy(np.asarray(cache.text().embeddings, np.float32)[rows])
     with torch.no_grad():
         emb = [model.text_embedding(sentence_emb[a:a + batch_size].to(device)).float().cpu()
                for a in range(0, len(rows), batch_size)]
     return list(texts[rows]), torch.cat(emb) if emb else torch.zeros(0, 1)
+
+
+def training_reranker(cache, model, cfg, vocab: Vocab, gallery_emb: torch.Tensor, k: int, weight: float,
+                      device) -> tuple[Reranker | None, str | None]:
+    """The reranker over the same training sentences as `training_sentences`, or why there is none."""
+    tx = cache.text()
+    rows = training_sentence_rows(cache)
+    why = rerank_unavailable(tx.text_model, len(rows))
+    if why:
+        return None, why
+    texts = np.asarray(cache.samples["text"]).astype(str)
+    tokens = torch.from_numpy(encode_texts(vocab, tx, texts, cfg.max_text_len)[rows]).to(device)
+    gallery = Gallery(tokens, gallery_emb.to(device))
+    return Reranker(model, vocab, gallery, tx.text_model, k=k, clip_weight=weight, max_len=cfg.max_text_len), None
 
 
 def training_fps(cache) -> float | None:
@@ -70,8 +93,9 @@ def model_input(keypoints: np.ndarray, cfg, device="cpu") -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def translate(keypoints: np.ndarray, model, cfg, vocab: Vocab, gallery: tuple[list[str], torch.Tensor],
-              beam: int = 1, top: int = 5, device="cpu") -> Translation:
-    """(T, 543, 3) keypoints -> the model's sentence and its `top` nearest training sentences."""
+              beam: int = 1, top: int = 5, device="cpu", reranker: Reranker | None = None) -> Translation:
+    """(T, 543, 3) keypoints -> the model's sentence and its `top` nearest training sentences
+    (and with a reranker, the sentence it chooses among the decoder's and the training ones)."""
     x, mask = model_input(keypoints, cfg, device)
     model.eval()
     memory = model.encode(x, mask)
@@ -80,8 +104,13 @@ def translate(keypoints: np.ndarray, model, cfg, vocab: Vocab, gallery: tuple[li
     texts, emb = gallery
     video = model.video_embedding(memory, mask, head="clip").float().cpu()
     scores, idx = (video @ emb.T)[0].topk(min(top, len(texts))) if len(texts) else (torch.zeros(0),) * 2
-    return Translation(sentence, [(texts[i], float(s)) for s, i in zip(scores.tolist(), idx.tolist())],
-                       int(x.shape[1]))
+    result = Translation(sentence, [(texts[i], float(s)) for s, i in zip(scores.tolist(), idx.tolist())],
+                         int(x.shape[1]))
+    if reranker is not None:
+        (row, won), = reranker(memory, mask, video, [ids])
+        result.reranked = texts[row] if row >= 0 else vocab.decode([won])[0]
+        result.reranked_source = "retrieved" if row >= 0 else "decoder"
+    return result
 
 
 def main(argv=None) -> int:
@@ -90,6 +119,12 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
     ap.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     ap.add_argument("--top", type=int, default=5, help="how many nearest training sentences to list")
+    ap.add_argument("--rerank", type=int, default=5, metavar="K",
+                    help="also answer with retrieval-augmented decoding: the decoder's sentence or one of "
+                         "the K training sentences nearest in CLIP space, whichever the model scores "
+                         "higher (decoder likelihood + CLIP logit; 0: off)")
+    ap.add_argument("--rerank-weight", type=float, default=1.0,
+                    help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
     ap.add_argument("--cache", type=Path, help="cache for frame rate and training sentences (default: the run's)")
     ap.add_argument("--checkpoint", help="checkpoint file name inside the run (default: best.safetensors "
                                          "when the run has one, else last.safetensors, as `eval`)")
@@ -103,7 +138,7 @@ def main(argv=None) -> int:
     from .checkpoint import CheckpointError, load_run
     from .evaluate import _vocab, default_checkpoint
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     try:
         model, cfg, info = load_run(args.run, device, checkpoint=args.checkpoint or default_checkpoint(args.run))
         cache = open_cache(args.cache or info["cache"], text=cfg.text_store)
@@ -123,11 +158,18 @@ def main(argv=None) -> int:
         return report_error(SourceError(e.path, f"cannot translate it: {e.reason}"))
     gallery = training_sentences(cache, model, device)
     vocab = rebind_vocab(_vocab(info), cache.text())  # a tokenizer trained into the cache moved with it
+    reranker, why = (training_reranker(cache, model, cfg, vocab, gallery[1], args.rerank, args.rerank_weight,
+                                       device) if args.rerank > 0 else (None, None))
     result = translate(keypoints, model, cfg, vocab, gallery, beam=args.beam, top=args.top,
-                       device=device)
+                       device=device, reranker=reranker)
     print(f"{args.file} ({len(keypoints)} frames at {fps:g} fps, {result.n_frames} to the model)")
     print(f"translation: {result.sentence or NO_WORDS}")
-    print(f"nearest training sentences (cosine, CLIP space):")
+    print("nearest training sentences (cosine, CLIP space):")
     for rank, (text, score) in enumerate(result.neighbours, 1):
         print(f"  {rank}. {score:+.3f}  {text}")
+    if result.reranked is not None:
+        source = "a training sentence" if result.reranked_source == "retrieved" else "the decoder's"
+        print(f"reranked with training sentences: {result.reranked or NO_WORDS} ({source})")
+    elif why:
+        print(f"reranking skipped: {why}")
     return 0

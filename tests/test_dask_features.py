@@ -61,7 +61,7 @@ def test_dask_workers_write_a_cache_at_a_url_the_trainer_reads(tmp_path, cluster
     """--out file://...: the worker processes write their shards through fsspec, the driver the
     index; the cache equals a local one and the trainer's data loads from the URL."""
     from s2t.data import KeypointData
-    from tests.test_train import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     manifest, _ = write_npy_corpus(tmp_path / "data", 8)
     local = build_cache(manifest, tmp_path / "local", shard_size=3, jobs=1, progress=False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from s2t.checkpoint import load_checkpoint
-from tests.test_train import TINY
+from tests.helpers import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def torchrun(*args, timeout=240):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from tests.test_train import make_corpus
+    from tests.helpers import make_corpus
     return make_corpus(tmp_path_factory.mktemp("ddp") / "cache")
 
 
@@ -67,7 +67,7 @@ def _one_step(corpus, rows, ddp: bool):
     from s2t.checkpoint import build_model
     from s2t.data import KeypointData
     from s2t.losses import Losses
-    from tests.test_train import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     torch.set_num_threads(1)
     cfg = tiny_cfg("dropout=0.0", "augment.enabled=false", "loss_weights.ce=0.0", "queue_size=0")
@@ -104,7 +104,7 @@ def test_one_ddp_step_equals_one_big_batch_step(corpus, tmp_path):
 
     from s2t.data import KeypointData
     from tests.test_losses import run_two_ranks
-    from tests.test_train import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     train_rows = KeypointData(corpus, tiny_cfg()).rows("train")
     rows = np.random.default_rng(0).permutation(train_rows)[:32]  # positives within and across ranks

@@ -10,7 +10,7 @@ from s2t.config import ConfigError
 from s2t.data import KeypointData
 from s2t.losses import Losses, Objective, register_loss
 from s2t.train import train
-from tests.test_train import corpus, tiny_cfg  # noqa: F401
+from tests.helpers import tiny_cfg
 
 
 class L2Penalty(Objective):

@@ -7,7 +7,7 @@ from preprocess import synthetic
 from s2t.checkpoint import build_model
 from s2t.data import KeypointData, PKBatchSampler, samples_per_label
 from s2t.losses import Losses
-from tests.test_train import corpus, tiny_cfg  # noqa: F401  (module fixture reused)
+from tests.helpers import tiny_cfg
 
 
 def test_open_corpus_holds_out_sentences_not_words():
@@ -19,7 +19,8 @@ def test_open_corpus_holds_out_sentences_not_words():
     p = synthetic.SCALES["open"]
     assert len(by_split["val"]) == p["val_sentences"] and len(by_split["test"]) == p["test_sentences"]
     assert not (by_split["train"] & (by_split["val"] | by_split["test"]))  # sentences never seen
-    words = lambda js: {w for j in js for w in plan["sentences"][j].split()}
+    def words(js):
+        return {w for j in js for w in plan["sentences"][j].split()}
     assert words(by_split["val"] | by_split["test"]) <= words(by_split["train"])  # signs all known
     train_ids = [sid for sid in split if split[sid] == "train"]
     repeated = len(train_ids) - len(by_split["train"])

@@ -29,7 +29,7 @@ from s2t.checkpoint import LAST, CheckpointError, load_checkpoint, remove_stale_
 from s2t.config import ConfigError, load_config
 from s2t.train import main as train_main
 from s2t.train import train
-from tests.test_train import make_corpus, tiny_cfg
+from tests.helpers import make_corpus, tiny_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 

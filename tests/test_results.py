@@ -14,7 +14,7 @@ from s2t.data import Vocab
 from s2t.evaluate import reference_texts, uncased
 from s2t.metrics import generation_metrics, sacrebleu_signatures
 from s2t.train import BEST, TrainingError, main, resolve_best_metric, train
-from tests.test_train import TINY, losses_by_step, make_corpus, tiny_cfg
+from tests.helpers import TINY, losses_by_step, make_corpus, tiny_cfg
 
 GERMAN = ["Schön, dass Sie heute da sind.", "Haben Sie Schmerzen in der Brust?",
           "Die Ärztin kommt gleich.", "Nehmen Sie zwei Tabletten täglich."]

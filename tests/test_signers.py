@@ -10,7 +10,7 @@ from s2t.baselines import keypoint_nearest_neighbour
 from s2t.config import ConfigError
 from s2t.data import (POSE_MIRROR, KeypointData, _arm_groups, dominant_left, mirror_permutation,
                       normalise_keypoints)
-from tests.test_train import corpus, tiny_cfg  # noqa: F401  (module fixture reused)
+from tests.helpers import tiny_cfg
 
 COMPONENTS = ["pose", "left_hand", "right_hand"]
 
@@ -40,7 +40,8 @@ def signer_clips():
     plan = synthetic.corpus_plan("signers")
     by_hand = {s["handed"]: s for s in plan["signers"]}
     words = plan["sentences"][0].split()
-    clip = lambda s, r: synthetic.sign_sentence(words, plan["lexicon"], s, np.random.default_rng(r))
+    def clip(s, r):
+        return synthetic.sign_sentence(words, plan["lexicon"], s, np.random.default_rng(r))
     return {"right": clip(by_hand["right"], 1), "left": clip(by_hand["left"], 1)}
 
 
@@ -127,7 +128,8 @@ def test_people_augmentation_moves_hands_and_keeps_the_wrist(corpus):  # noqa: F
     plain = KeypointData(corpus, tiny_cfg(*on))
     people = KeypointData(corpus, tiny_cfg(*on, "augment.hand_rotate_deg=30", "augment.finger_noise=0.05"))
     rows = plain.rows("train")[:8]
-    gens = lambda: (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    def gens():
+        return (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
     a, b = plain.batch(rows, *gens()), people.batch(rows, *gens())
     right = slice(3 * 54, 3 * 75)  # absolute right-hand points
     wrist = slice(3 * 54, 3 * 55)

@@ -13,7 +13,7 @@ import preprocess.store as store
 from preprocess.layout import POSE_INDEX
 from preprocess.text import load_tokenizer, tokenize
 from s2t.data import BatchFeed, KeypointData, PKBatchSampler, StreamingKeypointData
-from tests.test_train import SENTENCES, make_corpus, synthetic_sample, tiny_cfg
+from tests.helpers import SENTENCES, make_corpus, synthetic_sample, tiny_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOULDERS = [POSE_INDEX["left_shoulder"], POSE_INDEX["right_shoulder"]]

@@ -1,78 +1,24 @@
 """Config, data pipeline, and real (tiny) training runs on a generated cache."""
 import json
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from preprocess.layout import COMPONENT_SLICES, POSE_INDEX
-from preprocess.store import open_cache, write_cache
-from preprocess.text import load_tokenizer, tokenize
+import s2t.losses as losses_mod  # the supcon Objective builds its SupConLoss from there
+from preprocess.layout import COMPONENT_SLICES
+from preprocess.store import open_cache
 from s2t.checkpoint import CheckpointError, load_checkpoint, load_run
 from s2t.config import ConfigError, load_config
-from s2t.data import KeypointData, PKBatchSampler, normalise_keypoints
+from s2t.data import KeypointData, PKBatchSampler, build_vocab, encode_texts, normalise_keypoints
 from s2t.train import TrainingError, main, train
-
-SENTENCES = ["do you have pain in your chest", "take two tablets every morning",
-             "the doctor will see you now", "are you allergic to penicillin",
-             "we need to check your blood pressure", "call us if the fever gets worse"]
-
-# A model small enough that a few dozen steps take seconds on a 2-core CPU.
-TINY = ["embed_dim=64", "proj_dim=32", "heads=4", "batch_size=24", "samples_per_label=4",
-        "queue_size=48", "queue_start=2", "warmup_steps=5", "lr=2e-3", "log_every=1"]
-
-
-def synthetic_sample(label: int, rng, n_labels: int) -> np.ndarray:
-    """(T, 543, 3): a body at a random place/size whose right wrist draws a label-specific loop
-    with a label-specific hand shape; the left hand is sometimes not detected (NaN)."""
-    T = int(rng.integers(16, 36))
-    kp = np.full((T, 543, 3), np.nan, np.float32)
-    shift, size = rng.normal(0, 0.03, 2), rng.uniform(0.8, 1.2)
-    pose = rng.normal(0, 0.05, (33, 3)) * size
-    pose[POSE_INDEX["left_shoulder"], :2], pose[POSE_INDEX["right_shoulder"], :2] = [0.1 * size, 0], [-0.1 * size, 0]
-    kp[:, COMPONENT_SLICES["pose"]] = pose + [0.5 + shift[0], 0.5 + shift[1], 0]
-    t = np.linspace(0, 1, T)
-    freq, phase = 1 + label % 3, 2 * np.pi * label / n_labels
-    wrist = np.stack([0.5 + shift[0] + 0.1 * size * np.cos(2 * np.pi * freq * t + phase),
-                      0.4 + shift[1] + 0.1 * size * np.sin(2 * np.pi * freq * t + phase), np.zeros(T)], 1)
-    shape = np.random.default_rng(label).normal(0, 0.03, (21, 3))
-    shape[0] = 0
-    kp[:, COMPONENT_SLICES["right_hand"]] = wrist[:, None] + shape * size + rng.normal(0, 0.003, (T, 21, 3))
-    kp[:, COMPONENT_SLICES["left_hand"]] = [0.6, 0.6, 0] + shape[::-1] * size + rng.normal(0, 0.003, (T, 21, 3))
-    kp[rng.random(T) < 0.2, COMPONENT_SLICES["left_hand"]] = np.nan
-    return kp
-
-
-def make_corpus(out, train_per_label=12, val_per_label=4, seed=0):
-    rng = np.random.default_rng(seed)
-    rows, kps = [], []
-    for label, sentence in enumerate(SENTENCES):
-        for j in range(train_per_label + val_per_label):
-            rows.append({"id": f"s{label}_{j}", "text": sentence, "split": "train" if j < train_per_label else "val",
-                         "signer": f"p{j % 3}", "label": sentence, "fps": 15.0})
-            kps.append(synthetic_sample(label, rng, len(SENTENCES)))
-    ids, lengths = tokenize(load_tokenizer("default"), [r["text"] for r in rows], 16)
-    # frozen "sentence embeddings": one fixed random unit vector per sentence
-    emb = np.random.default_rng(99).normal(size=(len(SENTENCES), 384)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    text = {"input_ids": ids, "lengths": lengths, "embeddings": emb[[SENTENCES.index(r["text"]) for r in rows]],
-            "tokenizer": "default", "text_model": "random-per-sentence"}
-    return write_cache(out, rows, kps, text)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus") / "cache")
-
-
-def tiny_cfg(*overrides):
-    return load_config("configs/train/tiny_cpu.yaml", [*TINY, *overrides])
-
-
-def losses_by_step(run_dir):
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {e["step"]: e for e in lines if e["split"] == "train"}, [e for e in lines if e["split"] == "val"]
+from tests.helpers import SENTENCES, TINY, losses_by_step, synthetic_sample, tiny_cfg
 
 
 # --------------------------------------------------------------------------------------- config
@@ -179,7 +125,10 @@ def test_normalisation_is_shoulder_relative_and_survives_missing_shoulders():
 def test_augmented_batches_are_valid_and_differ(corpus):
     data = KeypointData(corpus, tiny_cfg("augment.frame_drop=0.3", "augment.hand_drop=0.5"))
     rows = data.rows("train")[:24]
-    gens = lambda: (torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+
+    def gens():
+        return torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+
     a, b = data.batch(rows, *gens()), data.batch(rows, *gens())
     torch.testing.assert_close(a.x, b.x)  # same generators, same batch
     plain = data.batch(rows)
@@ -277,8 +226,6 @@ def test_checkpoints_load_without_unpickling(corpus, tmp_path, monkeypatch):
 
 
 def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkeypatch):
-    import s2t.losses as losses_mod  # the supcon Objective builds its SupConLoss from there
-
     class NaNOnSomeSteps(losses_mod.SupConLoss):
         calls = 0
 
@@ -301,8 +248,6 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkey
 
 
 def test_vocabularies_compact_full_and_word(corpus):
-    from s2t.data import build_vocab, encode_texts
-
     cache = open_cache(corpus)
     tx, texts = cache.text(), np.asarray(cache.samples["text"]).astype(str)
     train_rows = np.flatnonzero(np.asarray(cache.samples["split"]) == "train")[:16]  # sentences 0 and 1 only
@@ -340,12 +285,6 @@ def test_seed_setup_trains_with_a_word_vocabulary_and_one_shared_head(corpus, tm
 
 def test_killed_run_resumes_to_the_same_losses(corpus, tmp_path):
     """SIGKILL a real training process mid-run, resume it, and get the uninterrupted losses."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     common = [*TINY, "max_steps=30", "ckpt_every=2", "eval_every=100"]
     train(tiny_cfg(*common[len(TINY):]), corpus, tmp_path / "straight")
     run = tmp_path / "killed"
