@@ -68,6 +68,7 @@ lint: .venv/.installed
 
 bench: setup
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_cache_load.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_scaling.py
 

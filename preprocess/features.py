@@ -76,13 +76,14 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def keypoint_fingerprint(rows, kp_settings: dict, versions: dict) -> str:
-    """Changes when an input file, its id, an extraction setting or an extractor version changes."""
+def keypoint_fingerprint(rows, kp_settings: dict, versions: dict, format_version: int = store.FORMAT_VERSION) -> str:
+    """Changes when an input file, its id, an extraction setting, an extractor version or the
+    cache format changes."""
     files = []
     for r in rows:
         st = r.path.stat()
         files.append([r.id, str(r.path), st.st_size, st.st_mtime_ns, r.fps, r.start, r.end])
-    return _hash({"format_version": store.FORMAT_VERSION, "files": files,
+    return _hash({"format_version": format_version, "files": files,
                   "settings": kp_settings, "versions": versions})
 
 
@@ -155,7 +156,7 @@ def _clean_unfinished(cache_dir: Path) -> None:
     kp = cache_dir / "keypoints"
     for p in cache_dir.glob("*.tmp*"):
         if not p.name.startswith("text-"):  # (a text store's temporaries may be a live writer's)
-            store._remove(p)
+            store.remove_path(p)
     store.clean_text_temps(cache_dir)
     for p in kp.glob("shard-*"):
         if p.suffix in (".json", ".lock") and ".tmp-" not in p.name:
@@ -163,7 +164,7 @@ def _clean_unfinished(cache_dir: Path) -> None:
         index = int(p.name[len("shard-"):].split(".")[0])
         with _lock(cache_dir, index, blocking=False) as mine:
             if mine and (".tmp-" in p.name or store.read_shard_marker(cache_dir, index) is None):
-                store._remove(p)
+                store.remove_path(p)
 
 
 @contextmanager
@@ -368,6 +369,12 @@ def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFI
     versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
     fingerprint = keypoint_fingerprint(rows, kp, versions)
     cache_dir = store.location(out_root) / f"{Path(manifest).stem}-{fingerprint[:12]}"
+    for old in (v for v in store.READABLE_VERSIONS if v != store.FORMAT_VERSION):
+        # the same inputs sealed in an older format that still reads: reuse it rather than run
+        # MediaPipe over every video again (Cache notes that deleting it rebuilds it faster to load)
+        older = cache_dir.with_name(f"{Path(manifest).stem}-{keypoint_fingerprint(rows, kp, versions, old)[:12]}")
+        if not (cache_dir / store.KEYPOINT_INDEX).exists() and (older / store.KEYPOINT_INDEX).exists():
+            cache_dir = older
     reused_kp = (cache_dir / store.KEYPOINT_INDEX).exists()
     timings = {}
     if not reused_kp:

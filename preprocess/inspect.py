@@ -23,7 +23,7 @@ def describe(cache: Cache, verify: bool = False) -> dict:
     present = cache.load_keypoints(components=COMPONENTS if verify else ()).present
     text_stores = []
     for name in cache.text_names:
-        index = cache._text_index(name)
+        index = cache.text_index(name)
         text_stores.append({"name": name, "fingerprint": index["fingerprint"], "tokenizer": index["tokenizer"],
                             "text_model": index["text_model"], "max_length": index.get("max_length"),
                             "n_distinct_texts": index.get("n_distinct_texts")})
@@ -47,7 +47,7 @@ def describe(cache: Cache, verify: bool = False) -> dict:
         "detection_rate": {c: float(present[:, i].mean()) if len(present) else 0.0 for i, c in enumerate(COMPONENTS)},
         "failures": cache.failures,
         "text_stores": text_stores,
-        "default_text_store": cache._text_name,
+        "default_text_store": cache.default_text,
         "settings": cache.meta.get("settings", {}),
         "versions": cache.meta.get("versions", {}),
         "created": cache.meta.get("created"),

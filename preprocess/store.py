@@ -4,7 +4,7 @@ A cache is one folder, CACHE/<name>-<keypoint fingerprint>/:
 
     keypoints.json            index, written last: sealing it makes the keypoint store visible
     keypoints/shard-00000.zarr    one Zarr v3 group (or shard-00000.h5) per few hundred samples
-    keypoints/shard-00000.json    the shard's commit marker: sample table, failures, file checksums
+    keypoints/shard-00000.json    the shard's commit marker: sample table, failures, checksums
     failures.jsonl            every sample that could not be cached, with the reason
     text-<fingerprint>/       one sealed text store per text setting (tokenizer, model, max length)
         text.json             index + checksums (its presence seals the store)
@@ -17,10 +17,22 @@ samples of a shard concatenated (ragged) with an offsets array, float16 with NaN
 plus a per-frame presence mask (F, 4). Per-component arrays let the trainer read pose + hands
 without touching the 468 face points.
 
+Layout (format 2): every array is stored uncompressed in one piece - a
+Zarr v3 array whose single chunk is the whole array (bytes codec only), or a contiguous HDF5
+dataset - so its bytes on disk are exactly its bytes in memory. Markers and indexes record, per
+array, the file, byte offset, shape, dtype and CRC32 (`arrays`), and the reader reads those bytes
+straight into the caller's preallocated array, then checks the CRC32 on the bytes it already holds
+(ISA-L's CRC32 runs at memory speed), on as many threads as there are cores. Zarr and h5py open
+the same files as usual. Format 1 caches (blosc/lzf chunks of FRAME_CHUNK frames, CRC32 per file)
+still read, through Zarr/h5py, at their old speed; `make features` writes format 2.
+
 Crash safety: a shard is written under a temporary name and renamed, then its JSON marker is
 written the same way; a shard without a marker does not exist. The index is written only when
-every shard is sealed. Damage after sealing is caught by CRC32 checksums of every file,
-checked (by size) when a cache is opened and (by content) when an array is read.
+every shard is sealed. Damage after sealing is caught by CRC32 checksums: file sizes are checked
+when a cache is opened, and the bytes of an array when it is read. A process checks the same bytes
+once: what it verified is remembered with the file's size, mtime, ctime and inode, and a file
+rewritten since (any write changes them; ctime cannot be set back) is checked again
+(`forget_verified()` forgets everything).
 
 Where: a local path, or any fsspec URL (file://, s3://, gs://, memory://...; Zarr only), handled
 through universal_pathlib's UPath, which has pathlib's API. Object stores have no atomic rename:
@@ -35,12 +47,12 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 import threading
 import uuid
-import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -52,13 +64,21 @@ from upath import UPath
 
 from .layout import COMPONENT_SIZES, COMPONENTS, COMPONENT_SLICES
 
-FORMAT_VERSION = 1
+try:  # ISA-L's CRC32: the same checksum as zlib's (format 1 caches keep theirs), ~3x faster
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # a platform without isal wheels: the same values, at zlib's speed
+    from zlib import crc32 as _crc32
+
+FORMAT_VERSION = 2  # written; 1 still reads (see the module docstring)
+READABLE_VERSIONS = (1, 2)
 FORMATS = ("zarr", "hdf5")
-FRAME_CHUNK = 8192  # frames per chunk: big enough for fast sequential reads, small enough for memory
+FRAME_CHUNK = 8192  # frames per block a KeypointReader reads (and format 1's storage chunk)
 KEYPOINT_INDEX = "keypoints.json"
 TEXT_INDEX = "text.json"
 TOKENIZER_FOLDER = "tokenizer"  # a tokenizer trained into a text store (`tokenizer: train`)
 FAILURES = "failures.jsonl"
+_BLOCK = 1 << 22  # bytes per read when a file is checksummed piecewise
+_FUSED = 1 << 20  # bytes read, then checksummed, at a time when an array is read and checked at once
 
 
 class CacheError(RuntimeError):
@@ -82,13 +102,47 @@ def _tmp_name(path):
     return path.with_name(path.name + f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def reader_threads() -> int:
+    """Threads for reading a cache: one per core this process may use (file reads release the GIL)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 # ----------------------------------------------------------------------------- file helpers
 
-def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+def _open_read(path):
+    """Unbuffered for a local file (reads go straight into the caller's memory); fsspec's file at a URL."""
+    return path.open("rb") if is_url(path) else open(path, "rb", buffering=0)
+
+
+def _read_exactly(f, view: memoryview, what: str) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise CacheError(f"{what} ends early (truncated)")
+        got += n
+
+
+def crc32_file(path: Path, offset: int = 0, nbytes: int | None = None) -> int:
+    """CRC32 of a file, or of nbytes from offset, read in blocks into one reused buffer."""
+    view = memoryview(bytearray(_BLOCK))
     crc = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            crc = zlib.crc32(block, crc)
+    with _open_read(path) as f:
+        if offset:
+            f.seek(offset)
+        left = nbytes
+        while left is None or left > 0:
+            n = f.readinto(view if left is None or left >= _BLOCK else view[:left])
+            if not n:
+                if left is None:
+                    break
+                raise CacheError(f"{path} ends early (truncated)")
+            crc = _crc32(view[:n], crc)
+            if left is not None:
+                left -= n
     return crc
 
 
@@ -102,35 +156,62 @@ def _body_checksum(obj: dict) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON under a temporary name, fsync, rename. Dicts get a sha256 of their body
-    (`checksum`), so a damaged index or marker is refused instead of silently trusted."""
-    if isinstance(obj, dict):
-        obj = {**obj, "checksum": _body_checksum(obj)}
-    if is_url(path):  # one PUT: an object appears whole or not at all
-        path.write_text(json.dumps(obj, indent=1))
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, fsync, rename (at a URL: one PUT, an object appears whole or not at all)."""
+    if is_url(path):
+        path.write_text(text)
         return
     tmp = _tmp_name(path)
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON atomically. Dicts get a sha256 of their body (`checksum`), so a damaged file is
+    refused by read_json_checked instead of silently trusted."""
+    if isinstance(obj, dict):
+        obj = {**obj, "checksum": _body_checksum(obj)}
+    _write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+_TEXT_SUM = '{"sha256": "'  # the store's own JSON files: the first key is the sha256 of the text after it
+
+
+def _write_store_json(path: Path, obj: dict) -> None:
+    """A marker or index (format 2): like write_json_atomic, but the checksum is of the text itself,
+    so a reader checks it without serialising the object again (the index of a big cache is MBs)."""
+    text = json.dumps(obj, indent=1)
+    if not obj or not text.startswith("{\n"):
+        raise ValueError("store JSON files are non-empty objects")
+    _write_text_atomic(path, f'{_TEXT_SUM}{_sha256(text)}",{text[1:]}')
+
+
 def read_json_checked(path: Path, what: str) -> dict:
-    """A JSON file written by write_json_atomic, with its checksum verified."""
+    """A JSON file written by write_json_atomic or by the store (_write_store_json), checksum verified."""
     try:
-        obj = json.loads(location(path).read_text())
+        text = location(path).read_text()
+        obj = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{path}: {what} is damaged (not valid JSON: {e})") from e
-    stored = obj.pop("checksum", None)
-    if stored != _body_checksum(obj):
+    if text.startswith(_TEXT_SUM) and isinstance(obj, dict):
+        at = len(_TEXT_SUM) + 64
+        ok = obj.pop("sha256", None) == text[len(_TEXT_SUM):at] and text[at:at + 2] == '",' \
+            and _sha256("{" + text[at + 2:]) == text[len(_TEXT_SUM):at]
+    else:
+        ok = isinstance(obj, dict) and obj.pop("checksum", None) == _body_checksum(obj)
+    if not ok:
         raise CacheError(f"{path}: {what} is damaged (checksum mismatch)")
     return obj
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
     """Remove a file or folder; one that vanished meanwhile (another process cleaned it) is fine."""
     try:
         if is_url(path):
@@ -176,6 +257,57 @@ def _warn_no_flock(folder: str, error: str) -> None:  # once per folder and proc
           file=sys.stderr)
 
 
+# ----------------------------------------------------------------------------- verification
+
+# what this process has checked: (file, offset, nbytes, crc32) -> the file's identity then
+_verified: dict[tuple, tuple] = {}
+_verified_lock = threading.Lock()
+
+
+def forget_verified() -> None:
+    """Forget which bytes this process has checked: the next reads checksum everything again."""
+    with _verified_lock:
+        _verified.clear()
+
+
+def _identity(path) -> tuple | None:
+    """What changes when a file is written to or replaced: locally size, mtime, ctime (which utime
+    cannot set back), inode and device; at a URL the size and the store's modification stamp or
+    ETag (None where the store keeps neither: then nothing is remembered)."""
+    if is_url(path):
+        info = path.fs.info(path.path)
+        stamp = next((info[k] for k in ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag",
+                                        "created") if info.get(k) is not None), None)
+        return None if stamp is None else ("url", info.get("size"), str(stamp))
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+class _Check:
+    """The CRC32 check of nbytes at offset of one file, done at most once per version of the file."""
+
+    def __init__(self, path, offset: int, nbytes: int, crc: int, damaged: str):
+        self.path, self.offset, self.nbytes, self.crc, self.damaged = path, offset, nbytes, crc, damaged
+        self.key = (str(path), offset, nbytes, crc)
+        self.identity = _identity(path)  # taken before the bytes are read
+
+    @property
+    def done(self) -> bool:
+        return self.identity is not None and _verified.get(self.key) == self.identity
+
+    def against(self, crc: int) -> None:
+        if crc != self.crc:
+            raise CacheError(self.damaged)
+        if self.identity is not None:
+            with _verified_lock:
+                _verified[self.key] = self.identity
+
+    def run(self) -> None:
+        """Check by reading the bytes (piecewise), unless this version of the file was checked."""
+        if not self.done:
+            self.against(crc32_file(self.path, self.offset, self.nbytes))
+
+
 # ----------------------------------------------------------------------------- array back-ends
 
 def _zarr_store(path, read_only: bool = False):
@@ -196,71 +328,148 @@ def _local_hdf5(path) -> None:
                          "use --format zarr for a cache at a URL")
 
 
-def _write_arrays(path: Path, fmt: str, arrays: dict[str, np.ndarray], attrs: dict | None = None) -> None:
-    """Write named arrays into a new Zarr v3 group or HDF5 file at `path` (which must not exist)."""
+def _bytes_of(arr: np.ndarray) -> memoryview:
+    """A flat byte view of a C-contiguous array (no copy)."""
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _write_arrays(path: Path, fmt: str, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Write named arrays into a new Zarr v3 group or HDF5 file at `path` (which must not exist),
+    each uncompressed in one piece. Returns {name: {"file": relative to path ("" for the HDF5 file
+    itself), "offset", "shape", "dtype", "crc32"}}, checked against what landed on disk."""
+    arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    specs = {name: {"file": "", "offset": 0, "shape": list(a.shape), "dtype": a.dtype.str,
+                    "crc32": _crc32(_bytes_of(a)) if a.size else 0} for name, a in arrays.items()}
     if fmt == "zarr":
         import zarr
-        from zarr.codecs import BloscCodec
 
         group = zarr.open_group(_zarr_store(path), mode="w-", zarr_format=3)
-        for name, arr in arrays.items():
-            chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:]
-            # lz4 via blosc: decompresses at GB/s, so loading a cache is bound by the disk, not the codec
-            group.create_array(name, data=arr, chunks=chunks,
-                               compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"))
-        if attrs:
-            group.attrs.update(attrs)
+        for name, a in arrays.items():
+            # one chunk = the whole array, bytes codec only: the chunk file is the array's memory;
+            # written even when it equals the fill value, so that every array has its file
+            z = group.create_array(name, shape=a.shape, dtype=a.dtype, chunks=tuple(max(1, n) for n in a.shape),
+                                   compressors=None, filters=None, config={"write_empty_chunks": True})
+            if a.size:
+                z[...] = a
+                specs[name]["file"] = f"{name}/{z.metadata.encode_chunk_key((0,) * a.ndim)}"
     elif fmt == "hdf5":
         import h5py
 
         _local_hdf5(path)
         with h5py.File(path, "w-") as f:
-            for name, arr in arrays.items():
-                chunks = (min(FRAME_CHUNK, max(1, arr.shape[0])),) + arr.shape[1:] if arr.size else None
-                f.create_dataset(name, data=arr, chunks=chunks, compression="lzf" if arr.size else None,
-                                 shuffle=bool(arr.size))
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = json.dumps(v)
+            for name, a in arrays.items():  # contiguous (no chunks, no filters): the bytes as in memory
+                f.create_dataset(name, data=a)
+            for name, a in arrays.items():
+                if a.size:
+                    specs[name]["offset"] = int(f[name].id.get_offset())
     else:
         raise ValueError(f"unknown cache format {fmt!r}; choose one of {FORMATS}")
+    for name, spec in specs.items():  # what a reader will read is what was meant (a change of layout fails here)
+        if arrays[name].size:
+            file = path / spec["file"] if spec["file"] else path
+            if crc32_file(file, spec["offset"], arrays[name].nbytes) != spec["crc32"]:
+                raise CacheError(f"{file}: array {name!r} is not stored as raw bytes at the recorded place")
+    return specs
 
 
-def _read_arrays(path: Path, fmt: str, names) -> dict[str, np.ndarray]:
+def _decode(path: Path, fmt: str, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Format 1: array `name` (or its rows start:stop) decoded by Zarr / h5py."""
+    sel = slice(None) if rows is None else slice(*rows)
     if fmt == "zarr":
         import zarr
 
-        group = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
-        return {n: group[n][...] for n in names}
+        return zarr.open_group(_zarr_store(path, read_only=True), mode="r")[name][sel]
     import h5py
 
     _local_hdf5(path)
     with h5py.File(path, "r") as f:
-        return {n: f[n][...] for n in names}
+        return f[name][sel]
 
 
-def _read_frame_range(path: Path, fmt: str, names, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Rows start:stop of the named arrays: only the storage chunks that hold them are read."""
-    if fmt == "zarr":
-        import zarr
+class _Stored:
+    """The arrays of one shard or text store as the reader sees them: read whole or by rows,
+    into a given array or a new one, every byte checked against its CRC32 once per process.
 
-        group = zarr.open_group(_zarr_store(path, read_only=True), mode="r")
-        return {n: group[n][start:stop] for n in names}
-    import h5py
+    Format 2 (`arrays` given): each array is a byte range of one file, read with one readinto
+    straight into the destination, whose bytes are then checksummed while still in the CPU cache
+    for the larger part. Format 1: the array's files are checksummed whole, then Zarr / h5py
+    decode it."""
 
-    _local_hdf5(path)
-    with h5py.File(path, "r") as f:
-        return {n: f[n][start:stop] for n in names}
+    def __init__(self, cache_path, base, data: str, fmt: str, files: dict, arrays: dict | None, what: str):
+        self.cache_path, self.base, self.data, self.fmt = cache_path, base, data, fmt
+        self.files, self.arrays, self.what = files, arrays, what
 
+    def _damaged(self, rel: str) -> str:
+        return (f"{self.cache_path}: {self.what} is damaged: checksum mismatch in {rel}; "
+                "delete the cache folder and run `make features` again")
 
-def _array_files(shard_path: Path, fmt: str, name: str, base: Path, checksums: dict) -> list[str]:
-    """The checksummed files that hold array `name` of a shard (HDF5: the one file)."""
-    if fmt == "hdf5":
-        return [shard_path.relative_to(base).as_posix()]
-    prefix = (shard_path / name).relative_to(base).as_posix() + "/"
-    files = [p for p in checksums if p.startswith(prefix)]
-    if not files:
-        raise CacheError(f"{base}: shard {shard_path.name} is damaged: array {name!r} has no files")
-    return files
+    def _disagrees(self, name: str, stored, expected) -> CacheError:
+        return CacheError(f"{self.cache_path}: {self.what} does not hold what its index says (array {name!r} "
+                          f"is {stored}, expected {expected}); delete the cache folder and run `make features` again")
+
+    def _check(self, rel: str, offset: int, nbytes: int, crc: int) -> _Check:
+        try:
+            return _Check(self.base / rel, offset, nbytes, crc, self._damaged(rel))
+        except FileNotFoundError:
+            raise CacheError(f"{self.cache_path}: {self.what} is damaged: {rel} is missing; "
+                             "delete the cache folder and run `make features` again") from None
+
+    def verify_files(self, rels=None) -> None:
+        """Whole files (format 1 arrays, a text store's tokenizer files)."""
+        for rel in self.files if rels is None else rels:
+            size, crc = self.files[rel]
+            self._check(rel, 0, size, crc).run()
+
+    def read(self, name: str, rows: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        if self.arrays is None:
+            self.verify_files(self._legacy_files(name))
+            arr = _decode(self.base / self.data, self.fmt, name, rows)
+            if out is None:
+                return arr
+            if arr.shape != out.shape:
+                raise self._disagrees(name, arr.shape, out.shape)
+            out[...] = arr
+            return out
+        spec = self.arrays[name]
+        shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+        start, stop = (0, shape[0]) if rows is None else rows
+        if out is None:
+            out = np.empty((stop - start,) + shape[1:], dtype)
+        elif out.shape != (stop - start,) + shape[1:] or out.dtype != dtype:
+            raise self._disagrees(name, (stop - start,) + shape[1:], out.shape)
+        elif not out.flags.c_contiguous:  # (the bytes are read into its memory)
+            raise ValueError("out must be C-contiguous")
+        if not out.size:
+            return out
+        rel = spec["file"]  # (relative to the base folder, like the keys of `files`)
+        row_bytes = dtype.itemsize * math.prod(shape[1:])
+        check = self._check(rel, spec["offset"], shape[0] * row_bytes, spec["crc32"])
+        whole = (start, stop) == (0, shape[0])
+        if not whole:
+            check.run()  # part of an array: the whole of it is checked once, then any part is read
+        view, crc = _bytes_of(out), None if check.done or not whole else 0
+        with _open_read(self.base / rel) as f:
+            f.seek(spec["offset"] + start * row_bytes)
+            if crc is None:  # checked already (or a part, checked above): one read
+                _read_exactly(f, view, f"{self.cache_path}: {self.what}: {rel}")
+            else:  # piece by piece, each checksummed while it is still in the CPU cache
+                for at in range(0, len(view), _FUSED):
+                    piece = view[at:at + _FUSED]
+                    _read_exactly(f, piece, f"{self.cache_path}: {self.what}: {rel}")
+                    crc = _crc32(piece, crc)
+        if crc is not None:
+            check.against(crc)
+        return out
+
+    def _legacy_files(self, name: str) -> list[str]:
+        """Format 1: the checksummed files that hold array `name` (HDF5: the one file)."""
+        if self.fmt == "hdf5":
+            return [self.data]
+        prefix = f"{self.data}/{name}/"
+        files = [p for p in self.files if p.startswith(prefix)]
+        if not files:
+            raise CacheError(f"{self.cache_path}: {self.what} is damaged: array {name!r} has no files")
+        return files
 
 
 # ----------------------------------------------------------------------------- keypoint shards
@@ -271,6 +480,11 @@ def shard_name(index: int, fmt: str) -> str:
 
 def shard_marker(cache_dir: Path, index: int) -> Path:
     return location(cache_dir) / "keypoints" / f"shard-{index:05d}.json"
+
+
+def _placed(specs: dict[str, dict], data_rel: str) -> dict[str, dict]:
+    """Array specs with their files relative to the store's base folder instead of the data path."""
+    return {n: {**s, "file": f"{data_rel}/{s['file']}" if s["file"] else data_rel} for n, s in specs.items()}
 
 
 def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[dict],
@@ -284,7 +498,7 @@ def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[di
         raise CacheError(f"{final}: shard {index} is already sealed; refusing to overwrite it")
     # at a URL there is no atomic rename: write in place, the marker alone makes the shard exist
     tmp = final if is_url(cache_dir) else _tmp_name(final)
-    _remove(final)  # data without a marker is an unfinished earlier attempt (callers hold the shard lock)
+    remove_path(final)  # data without a marker is an unfinished earlier attempt (callers hold the shard lock)
 
     lengths = np.array([len(k) for k in keypoints], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -297,7 +511,7 @@ def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[di
         present[:, c] = ~np.isnan(part).all(axis=(1, 2))
     arrays["present"] = present
     arrays["offsets"] = offsets
-    _write_arrays(tmp, fmt, arrays)
+    specs = _write_arrays(tmp, fmt, arrays)
     if tmp != final:
         os.replace(tmp, final)
 
@@ -307,8 +521,9 @@ def write_keypoint_shard(cache_dir: Path, index: int, fmt: str, samples: list[di
                     for s, n in zip(samples, lengths)],
         "failures": failures,
         "files": _file_checksums(final, cache_dir),
+        "arrays": _placed(specs, final.relative_to(cache_dir).as_posix()),
     }
-    write_json_atomic(shard_marker(cache_dir, index), marker)
+    _write_store_json(shard_marker(cache_dir, index), marker)
     return marker
 
 
@@ -341,10 +556,12 @@ def seal_keypoints(cache_dir: Path, n_shards: int, meta: dict) -> dict:
         "n_samples": len(samples), "n_failures": len(failures),
         "n_frames": int(sum(s["n_frames"] for s in samples)),
         "samples": samples, "failures": failures,
+        # (a format 1 marker, from a build resumed across versions, has no "arrays": read the old way)
         "shards": [{"shard": m["shard"], "path": m["path"], "format": m["format"], "files": m["files"],
-                    "n_samples": len(m["samples"])} for m in markers],
+                    "n_samples": len(m["samples"]), **({"arrays": m["arrays"]} if "arrays" in m else {})}
+                   for m in markers],
     }
-    write_json_atomic(cache_dir / KEYPOINT_INDEX, index)
+    _write_store_json(cache_dir / KEYPOINT_INDEX, index)
     return index
 
 
@@ -368,7 +585,7 @@ def clean_text_temps(cache_dir: Path) -> None:
     for tmp in cache_dir.glob("text-*.tmp-*"):
         with file_lock(_text_lock(cache_dir / tmp.name.split(".tmp-")[0]), blocking=False) as free:
             if free:
-                _remove(tmp)
+                remove_path(tmp)
 
 
 def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
@@ -390,40 +607,41 @@ def write_text_store(cache_dir: Path, fingerprint: str, fmt: str, annotations: d
         if (final / TEXT_INDEX).exists():
             return final
         for stale in final.parent.glob(final.name + ".tmp-*"):  # a killed writer's (we hold the lock)
-            _remove(stale)
+            remove_path(stale)
         tmp = _tmp_name(final)
         try:
             _write_text_files(tmp, fingerprint, fmt, annotations, input_ids, lengths, embeddings, meta,
                               extra_files)
             if not (final / TEXT_INDEX).exists():  # (where flock is missing, another writer may have won)
-                _remove(final)  # an unsealed folder (no text.json) is not a store
+                remove_path(final)  # an unsealed folder (no text.json) is not a store
                 try:
                     os.replace(tmp, final)
                 except OSError:  # rename does not replace a full folder: a writer sealed it meanwhile
                     if not (final / TEXT_INDEX).exists():
                         raise
         finally:
-            _remove(tmp)  # gone after the rename; a failed write leaves no temporary behind
+            remove_path(tmp)  # gone after the rename; a failed write leaves no temporary behind
     return final
 
 
 def _write_text_files(folder: Path, fingerprint: str, fmt: str, annotations: dict[str, list],
                       input_ids: np.ndarray, lengths: np.ndarray, embeddings: np.ndarray, meta: dict,
                       extra_files: dict[str, bytes] | None = None) -> None:
-    _remove(folder)
+    remove_path(folder)
     folder.mkdir(parents=True)
     data = folder / ("text.zarr" if fmt == "zarr" else "text.h5")
-    _write_arrays(data, fmt, {"input_ids": np.asarray(input_ids, np.int32),
-                              "lengths": np.asarray(lengths, np.int32),
-                              "embeddings": np.asarray(embeddings, np.float32)})
+    specs = _write_arrays(data, fmt, {"input_ids": np.asarray(input_ids, np.int32),
+                                      "lengths": np.asarray(lengths, np.int32),
+                                      "embeddings": np.asarray(embeddings, np.float32)})
     files = _file_checksums(data, folder)
     for rel, content in sorted((extra_files or {}).items()):
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(content)
         files.update(_file_checksums(folder / rel, folder))
     index = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "format": fmt, **meta,
-             "n_samples": int(len(input_ids)), "annotations": annotations, "files": files}
-    write_json_atomic(folder / TEXT_INDEX, index)
+             "n_samples": int(len(input_ids)), "annotations": annotations, "files": files,
+             "arrays": _placed(specs, data.name)}
+    _write_store_json(folder / TEXT_INDEX, index)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -445,6 +663,13 @@ class TextArrays:
     meta: dict = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=None)
+def _note_old_format(path: str, version) -> None:  # once per cache and process
+    print(f"note: {path} is cache format {version}: it reads, at that format's speed (compressed "
+          f"chunks); `make features` reuses it; delete the folder and run it again to rebuild it in "
+          f"format {FORMAT_VERSION}, which loads several times faster", file=sys.stderr)
+
+
 class Cache:
     """A sealed cache opened for reading. Use open_cache()."""
 
@@ -455,36 +680,48 @@ class Cache:
             raise CacheError(f"{self.path}: not a sealed cache (no {KEYPOINT_INDEX}); "
                              "run `make features` to build or finish it")
         self.meta = read_json_checked(index_path, "the keypoint index")
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise CacheError(f"{self.path}: cache format {self.meta.get('format_version')} "
-                             f"but this sign2text reads format {FORMAT_VERSION}; rebuild it")
+        version = self.meta.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise CacheError(f"{self.path}: cache format {version} but this sign2text reads formats "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild it with `make features` "
+                             "(or the sign2text version that wrote it)")
+        if version != FORMAT_VERSION:
+            _note_old_format(str(self.path), version)
         self._check_sizes(self.meta["shards"], self.path)
-        self._verified: set[str] = set()
         self.n = self.meta["n_samples"]
         self.failures = self.meta["failures"]
         self.text_names = sorted(p.name for p in self.path.glob("text-*")
                                  if ".tmp-" not in p.name and (p / TEXT_INDEX).exists())
         self._text_name = self._choose_text(text)
         self.samples = self._sample_table()
+        self._layout_shards()
 
-    # -- integrity
+    # -- integrity and layout
     def _check_sizes(self, shards, base: Path) -> None:
         for shard in shards:
             for rel, (size, _) in shard["files"].items():
-                p = base / rel
-                if not p.exists() or p.stat().st_size != size:
-                    raise CacheError(f"{self.path}: shard {shard['path']} is damaged: "
-                                     f"{rel} is {'missing' if not p.exists() else 'of the wrong size'}; "
+                try:
+                    wrong = (base / rel).stat().st_size != size and "of the wrong size"
+                except FileNotFoundError:
+                    wrong = "missing"
+                if wrong:
+                    raise CacheError(f"{self.path}: shard {shard['path']} is damaged: {rel} is {wrong}; "
                                      "delete the cache folder and run `make features` again")
 
-    def _verify(self, rels: list[str], checksums: dict, base: Path, what: str) -> None:
-        for rel in rels:
-            if rel in self._verified:
-                continue
-            if crc32_file(base / rel) != checksums[rel][1]:
-                raise CacheError(f"{self.path}: {what} is damaged: checksum mismatch in {rel}; "
-                                 "delete the cache folder and run `make features` again")
-            self._verified.add(rel)
+    def _layout_shards(self) -> None:
+        """Where each shard's samples and frames start: samples are stored shard after shard."""
+        shards = self.meta["shards"]
+        position = {sh["shard"]: j for j, sh in enumerate(shards)}
+        self.shard_of = np.array([position[s["shard"]] for s in self.meta["samples"]], dtype=np.int64)
+        if (np.diff(self.shard_of) < 0).any():
+            raise CacheError(f"{self.path}: the index lists samples out of shard order; rebuild the cache")
+        lengths = np.asarray(self.samples["n_frames"], dtype=np.int64)
+        self.shard_frames = np.bincount(self.shard_of, weights=lengths, minlength=len(shards)).astype(np.int64)
+        self.shard_first_frame = np.concatenate([[0], np.cumsum(self.shard_frames)])[:-1]
+        counts = np.bincount(self.shard_of, minlength=len(shards))
+        self.shard_first_sample = np.concatenate([[0], np.cumsum(counts)])[:-1]
+        self._shards = [_Stored(self.path, self.path, f"keypoints/{sh['path']}", sh["format"], sh["files"],
+                                sh.get("arrays"), f"shard {sh['path']}") for sh in shards]
 
     # -- samples and text
     def _choose_text(self, text: str | None) -> str | None:
@@ -500,35 +737,41 @@ class Cache:
         stamp = (lambda st: st.st_mtime) if is_url(self.path) else (lambda st: st.st_mtime_ns)
         return max(self.text_names, key=lambda n: stamp((self.path / n / TEXT_INDEX).stat()))
 
+    @property
+    def default_text(self) -> str | None:
+        """The name of the text store text() reads when given none."""
+        return self._text_name
+
     def _sample_table(self) -> dict[str, np.ndarray]:
         rows = self.meta["samples"]
         table = {"id": np.array([s["id"] for s in rows], dtype=object),
                  "n_frames": np.array([s["n_frames"] for s in rows], dtype=np.int64),
                  "fps": np.array([s["fps"] for s in rows], dtype=np.float32)}
         if self._text_name is not None:
-            ann = self._text_index(self._text_name)["annotations"]
+            ann = self.text_index(self._text_name)["annotations"]
             if list(ann["id"]) != list(table["id"]):
                 raise CacheError(f"{self.path / self._text_name}: text store is not aligned with the keypoints")
             for key in ("text", "split", "signer", "label"):
                 table[key] = np.array(ann[key], dtype=object)
         return table
 
-    def _text_index(self, name: str) -> dict:
+    def text_index(self, name: str) -> dict:
+        """The checked index (text.json) of text store `name`."""
         return read_json_checked(self.path / name / TEXT_INDEX, f"text store {name}")
 
     def text(self, name: str | None = None) -> TextArrays:
         name = self._text_name if name is None else (name if name.startswith("text-") else f"text-{name[:12]}")
         if name is None:
             raise CacheError(f"{self.path}: has no text store; run `make features` with a manifest that has text")
-        index = self._text_index(name)
+        index = self.text_index(name)
         base = self.path / name
         for rel, (size, crc) in index["files"].items():
             if not (base / rel).exists() or (base / rel).stat().st_size != size:
                 raise CacheError(f"{self.path}: text store {name} is damaged: {rel} missing or resized")
-        self._verify([f"{name}/{rel}" for rel in index["files"]],
-                     {f"{name}/{k}": v for k, v in index["files"].items()}, self.path, f"text store {name}")
-        data = base / ("text.zarr" if index["format"] == "zarr" else "text.h5")
-        arrays = _read_arrays(data, index["format"], ["input_ids", "lengths", "embeddings"])
+        stored = _Stored(self.path, base, "text.zarr" if index["format"] == "zarr" else "text.h5", index["format"],
+                         index["files"], index.get("arrays"), f"text store {name}")
+        stored.verify_files()  # small, and the tokenizer files are read by others: all of it
+        arrays = {n: stored.read(n) for n in ("input_ids", "lengths", "embeddings")}
         tokenizer = index["tokenizer"]
         if index.get("tokenizer_folder"):  # trained into the store: found where the cache is now
             folder = base / index["tokenizer_folder"]
@@ -538,37 +781,40 @@ class Cache:
 
     # -- keypoints
     def load_keypoints(self, components=("pose", "left_hand", "right_hand")) -> KeypointArrays:
-        """All samples' frames of the given components, concatenated in sample order."""
+        """All samples' frames of the given components, concatenated in sample order: each shard's
+        arrays are read straight into their rows of the result, on one thread per core."""
         unknown = set(components) - set(COMPONENTS)
         if unknown:
             raise ValueError(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
         lengths = self.samples["n_frames"]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         total = int(offsets[-1])
-        frames = {c: None for c in components}
-        present = np.empty((total, len(COMPONENTS)), dtype=bool)
+        # one allocation holds every result (views of it): fewer, larger page-fault runs than one per array
+        widths = [total * COMPONENT_SIZES[c] * 3 * 2 for c in components] + [total * len(COMPONENTS)]
+        memory, ends = np.empty(sum(widths), np.uint8), np.cumsum(widths)
+        frames = {c: memory[end - w:end].view(np.float16).reshape(total, COMPONENT_SIZES[c], 3)
+                  for c, w, end in zip(components, widths, ends)}
+        present = memory[ends[-1] - widths[-1]:].view(bool).reshape(total, len(COMPONENTS))
+        counts = np.bincount(self.shard_of, minlength=len(self._shards))
+
+        def read(task):
+            j, name = task
+            a, n = int(self.shard_first_frame[j]), int(self.shard_frames[j])
+            if name == "offsets":  # the shard's own sample table must agree with the index
+                lo, hi = int(self.shard_first_sample[j]), int(self.shard_first_sample[j]) + int(counts[j])
+                stored = self._shards[j].read("offsets")
+                if len(stored) != hi - lo + 1 or not np.array_equal(np.diff(stored), lengths[lo:hi]):
+                    raise CacheError(f"{self.path}: shard {self.meta['shards'][j]['path']} does not hold the "
+                                     "frames its index says; delete the cache folder and run `make features` again")
+                return
+            self._shards[j].read(name, out=(frames[name] if name in frames else present)[a:a + n])
+
         names = list(components) + ["present", "offsets"]
-
-        def read(shard):
-            path = self.path / "keypoints" / shard["path"]
-            for name in names:
-                self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
-                             shard["files"], self.path, f"shard {shard['path']}")
-            return _read_arrays(path, shard["format"], names)
-
-        at = 0
-        # decompression and CRC release the GIL: reading shards on threads uses every core
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for arrays in pool.map(read, self.meta["shards"]):
-                n = len(arrays["present"])
-                for c in components:
-                    if frames[c] is None:  # allocate once, then fill: no concatenate copies
-                        frames[c] = np.empty((total,) + arrays[c].shape[1:], dtype=np.float16)
-                    frames[c][at:at + n] = arrays[c]
-                present[at:at + n] = arrays["present"]
-                at += n
-        if at != total:
-            raise CacheError(f"{self.path}: index says {total} frames but shards hold {at}")
+        tasks = [(j, name) for j in range(len(self._shards)) for name in names]
+        # file reads release the GIL: one thread per core keeps every core busy
+        with ThreadPoolExecutor(max_workers=min(reader_threads(), len(tasks) or 1)) as pool:
+            for _ in pool.map(read, tasks):
+                pass
         return KeypointArrays(frames, present, offsets)
 
     def keypoint_reader(self, components=("pose", "left_hand", "right_hand"),
@@ -576,39 +822,31 @@ class Cache:
         """Lazy per-sample access to the keypoints, holding at most budget_bytes of decoded data."""
         return KeypointReader(self, components, budget_bytes)
 
-    def _verified_shard_path(self, shard: dict, names) -> Path:
-        path = self.path / "keypoints" / shard["path"]
-        for name in names:
-            self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
-                         shard["files"], self.path, f"shard {shard['path']}")
-        return path
+    def read_shard(self, j: int, names, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+        """Arrays `names` of the j-th shard (position in meta["shards"]), all rows or start:stop, checked."""
+        return {n: self._shards[j].read(n, rows) for n in names}
 
     def sample(self, i: int, components=COMPONENTS) -> np.ndarray:
         """One sample as a (T, 543, 3) float32 array in the full layout (slow path: inspection, tests)."""
-        s = self.meta["samples"][i]
-        shard = next(sh for sh in self.meta["shards"] if sh["shard"] == s["shard"])
-        path = self.path / "keypoints" / shard["path"]
-        names = list(components) + ["offsets"]
-        for name in names:
-            self._verify(_array_files(path, shard["format"], name, self.path, shard["files"]),
-                         shard["files"], self.path, f"shard {shard['path']}")
-        arrays = _read_arrays(path, shard["format"], names)
-        local = [x["id"] for x in self.meta["samples"] if x["shard"] == s["shard"]].index(s["id"])
-        a, b = arrays["offsets"][local], arrays["offsets"][local + 1]
+        j = int(self.shard_of[i])
+        offsets = self._shards[j].read("offsets")
+        local = i - int(self.shard_first_sample[j])
+        a, b = int(offsets[local]), int(offsets[local + 1])
         out = np.full((b - a, 543, 3), np.nan, dtype=np.float32)
         for c in components:
-            out[:, COMPONENT_SLICES[c]] = arrays[c][a:b]
+            out[:, COMPONENT_SLICES[c]] = self._shards[j].read(c, (a, b))
         return out
 
 
 class KeypointReader:
     """One sample's frames at a time, for caches larger than memory (training with `stream: true`).
 
-    A shard's frames are read in blocks of FRAME_CHUNK rows, the Zarr/HDF5 chunk size, so a block
-    is exactly the chunks the store must decode anyway; decoded blocks are kept in an LRU whose
-    bytes never exceed `budget_bytes` (the oldest blocks are dropped first). Each array's files are
-    CRC-checked the first time its shard is touched. Thread-safe: a prefetch thread and the main
-    thread may read at once. `bytes_held`, `peak_bytes` and `blocks_read` are its own accounting.
+    A shard's frames are read in blocks of FRAME_CHUNK rows (format 2: a byte range of each array,
+    read straight from its file; format 1: the Zarr/HDF5 chunks that hold them, decoded); blocks
+    are kept in an LRU whose bytes never exceed `budget_bytes` (the oldest blocks are dropped
+    first). Each array is CRC-checked whole the first time its shard is touched (piecewise, within
+    a few MB of memory). Thread-safe: a prefetch thread and the main thread may read at once.
+    `bytes_held`, `peak_bytes` and `blocks_read` are its own accounting.
     """
 
     def __init__(self, cache: Cache, components, budget_bytes: int):
@@ -616,17 +854,12 @@ class KeypointReader:
         if unknown:
             raise ValueError(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
         self.cache, self.names = cache, list(components) + ["present"]
-        self.shards = cache.meta["shards"]
-        position = {sh["shard"]: j for j, sh in enumerate(self.shards)}
-        self.shard_of = np.array([position[s["shard"]] for s in cache.meta["samples"]], dtype=np.int64)
+        self.shard_of = cache.shard_of
         self.lengths = np.asarray(cache.samples["n_frames"], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(self.lengths)])
-        # samples are stored shard after shard: a sample's row in its shard = global row - shard's first row
-        first = np.zeros(len(self.shards), dtype=np.int64)
-        present_shards, first_sample = np.unique(self.shard_of, return_index=True)
-        first[present_shards] = offsets[first_sample]
-        self.start = offsets[:-1] - first[self.shard_of]
-        self.shard_frames = np.bincount(self.shard_of, weights=self.lengths, minlength=len(self.shards)).astype(np.int64)
+        # a sample's row in its shard = global row - shard's first row
+        self.start = offsets[:-1] - cache.shard_first_frame[self.shard_of]
+        self.shard_frames = cache.shard_frames
         frame_bytes = sum(2 * 3 * COMPONENT_SIZES[c] for c in components) + len(COMPONENTS)
         block_bytes = min(FRAME_CHUNK, int(self.shard_frames.max(initial=0))) * frame_bytes
         if block_bytes > budget_bytes:
@@ -673,15 +906,13 @@ class KeypointReader:
             return block
 
     def _read_block(self, j: int, k: int, names) -> dict[str, np.ndarray]:
-        shard = self.shards[j]
-        path = self.cache._verified_shard_path(shard, names)
         stop = min(int(self.shard_frames[j]), (k + 1) * FRAME_CHUNK)
-        return _read_frame_range(path, shard["format"], names, k * FRAME_CHUNK, stop)
+        return self.cache.read_shard(j, names, (k * FRAME_CHUNK, stop))
 
     def scan(self, names):
         """Every frame of the cache in storage order, block by block, bypassing the LRU (one pass
         for statistics): yields {name: rows} in sample order."""
-        for j in range(len(self.shards)):
+        for j in range(len(self.shard_frames)):
             for k in range(-(-int(self.shard_frames[j]) // FRAME_CHUNK)):
                 with self._lock:
                     block = self._read_block(j, k, names)

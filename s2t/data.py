@@ -572,15 +572,18 @@ class KeypointData:
             mask = self._drop(x, mask, device_gen)
         rows = torch.from_numpy(np.asarray(idx, np.int64)).to(self.store)
         L = int(self.token_lengths[idx].max())
-        pick = lambda a: self._gather(a, rows)
+
+        def pick(a):
+            return self._gather(a, rows)
+
         return Batch(x=x, mask=mask, tokens=pick(self.tokens)[:, :L], text_emb=pick(self.text_emb),
                      label=pick(self.label), text_id=pick(self.text_id), index=rows.to(dev))
 
     def _gather(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """table[index] on the training device. From pinned host memory (data too big for the GPU)
         the rows are gathered into a pinned buffer so the copy to the GPU is asynchronous."""
-        if table.device == self.device:
-            return table[index]
+        if table.device == self.device:  # (index_select copies whole rows: several times faster than table[index])
+            return torch.index_select(table, 0, index.reshape(-1)).view(index.shape + table.shape[1:])
         out = torch.empty(index.shape + table.shape[1:], dtype=table.dtype, pin_memory=True)
         torch.index_select(table, 0, index.reshape(-1), out=out.view(-1, *table.shape[1:]))
         return out.to(self.device, non_blocking=True)
@@ -592,7 +595,10 @@ class KeypointData:
         u = torch.rand(B, 4, generator=g, device=points.device)
         theta = math.radians(aug.rotate_deg) * (2 * u[:, 0] - 1)
         scale = 1 + aug.scale * (2 * u[:, 1] - 1)
-        per = lambda v: v[:, None, None]
+
+        def per(v):
+            return v[:, None, None]
+
         cos, sin = per(torch.cos(theta) * scale), per(torch.sin(theta) * scale)
         shift = aug.shift * (2 * u[:, 2:4] - 1)
         x, y, z = points[..., 0], points[..., 1], points[..., 2]
@@ -621,6 +627,12 @@ class KeypointData:
             points = self._yaw(points, groups, math.radians(aug.yaw_deg), g)
         for start in groups["hands"]:
             hand = points[:, :, start:start + 21]
+            if aug.hand_rotate_deg == 0 and aug.finger_noise == 0:
+                # nothing to turn or shift: wrist + (hand - wrist) as below (with its rounding, so the
+                # batches stay the same), in place, the wrist tiled to the hand's shape (fast broadcasting)
+                wrist = hand[:, :, 0].repeat(1, 1, 21).view(hand.shape)
+                hand.sub_(wrist).add_(wrist)
+                continue
             wrist = hand[:, :, :1]
             rel = hand - wrist
             if aug.hand_rotate_deg > 0:
@@ -667,9 +679,15 @@ class KeypointData:
         aug, B = self.cfg.augment, x.shape[0]
         for c, cols in feature_columns(self.components).items():
             if c in HANDS:
-                keep = (torch.rand(B, generator=g, device=x.device) >= aug.hand_drop).to(x.dtype)[:, None, None]
-                for sl in cols:
-                    x[:, :, sl] *= keep
+                keep = torch.rand(B, generator=g, device=x.device) >= aug.hand_drop
+                if x.device.type == "cpu":  # only the dropped samples are touched (x * 1 is x)
+                    gone = torch.nonzero(~keep).flatten()
+                    if len(gone):
+                        for sl in cols:
+                            x[gone, :, sl] *= 0
+                    continue
+                for sl in cols:  # (on a GPU: no host sync)
+                    x[:, :, sl] *= keep.to(x.dtype)[:, None, None]
         keep = torch.rand(mask.shape, generator=g, device=x.device) >= aug.frame_drop
         keep[:, 0] = True
         return mask & keep
