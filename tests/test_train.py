@@ -27,7 +27,7 @@ def test_presets_load_and_say_what_they_are():
     rec = load_config("configs/train/recommended.yaml")
     seed = load_config("configs/train/seed_baseline.yaml")
     assert (rec.embed_dim, rec.temperature, rec.batch_size, rec.dropout) == (512, 0.05, 128, 0.2)
-    assert (rec.loss_weights.supcon, rec.loss_weights.clip, rec.loss_weights.ce) == (1.0, 1.0, 2.0)
+    assert (rec.loss_weights.supcon, rec.loss_weights.clip, rec.loss_weights.ce) == (1.0, 1.0, 6.0)
     assert not rec.shared_head and rec.queue_size > 0 and 4 <= rec.encoder_layers <= 6
     assert (seed.batch_size, seed.embed_dim, seed.temperature, seed.loss_weights.clip) == (16, 256, 0.07, 0.0)
     assert seed.shared_head and seed.queue_size == 0
