@@ -15,6 +15,7 @@ Each stage is the real command line (`python -m s2t train`, `python -m s2t eval`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -71,8 +72,11 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     steps["ckpt_every"] = steps["eval_every"]
     wanted = overrides + [f"{k}={v}" for k, v in steps.items()]
     stamp = run / "demo_args.json"
-    same = stamp.exists() and json.loads(stamp.read_text()) == {"config": [str(c) for c in config], "overrides": wanted,
-                                                                "cache": str(cache)}
+    # a finished run is reused only if its presets still say the same (an edited preset retrains)
+    args = {"config": [str(c) for c in config],
+            "config_sha256": [hashlib.sha256(c.read_bytes()).hexdigest() for c in config],
+            "overrides": wanted, "cache": str(cache)}
+    same = stamp.exists() and json.loads(stamp.read_text()) == args
     timing = {}
     if summary.exists() and same and not fresh:
         print(f"[{name}] reusing the finished run {run}")
@@ -80,7 +84,7 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     if run.exists():
         shutil.rmtree(run)
     run.mkdir(parents=True)
-    stamp.write_text(json.dumps({"config": [str(c) for c in config], "overrides": wanted, "cache": str(cache)}))
+    stamp.write_text(json.dumps(args))
     py = sys.executable
     timing["train_s"] = _run([py, "-m", "s2t", "train", "--cache", str(cache), "--config", str(config[0]),
                               "--config-overlay", str(CPU_SCALE), "--run", str(run), *wanted])
