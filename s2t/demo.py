@@ -58,7 +58,8 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     """Train one configuration with the demo's sample budget and evaluate it on the test signer."""
     run = runs / name
     summary = run / "eval" / "test" / "summary.json"
-    config = [ROOT / "configs" / "train" / f"{preset}.yaml", CPU_SCALE]
+    own = ROOT / "configs" / "train" / f"cpu_scale_{preset}.yaml"  # what one preset needs at CPU size
+    config = [ROOT / "configs" / "train" / f"{preset}.yaml", CPU_SCALE, *([own] if own.exists() else [])]
     cfg = load_config(config, overrides)
     if demo.get("batch_cap") and cfg.batch_size > demo["batch_cap"]:  # tiny corpus: fewer samples than a batch
         overrides = overrides + [f"batch_size={demo['batch_cap']}"]
@@ -87,7 +88,7 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     stamp.write_text(json.dumps(args))
     py = sys.executable
     timing["train_s"] = _run([py, "-m", "s2t", "train", "--cache", str(cache), "--config", str(config[0]),
-                              "--config-overlay", str(CPU_SCALE), "--run", str(run), *wanted])
+                              *[a for c in config[1:] for a in ("--config-overlay", str(c))], "--run", str(run), *wanted])
     timing["eval_s"] = _run([py, "-m", "s2t", "eval", "--run", str(run), "--split", "test",
                              *(["--beam", str(demo["beam"])] if demo.get("beam") else []),
                              *(["--by", demo["by"]] if demo.get("by") else [])])
