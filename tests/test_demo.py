@@ -22,3 +22,16 @@ def test_tiny_demo_runs_end_to_end_and_recommended_retrieves_above_chance(tmp_pa
     assert summary["ret1_v2t"] > 2 * chance, summary["ret1_v2t"]
     demo = json.loads((tmp_path / "runs" / "demo.json").read_text())
     assert set(demo["results"]) == {"seed_baseline", "recommended"}
+
+
+def test_every_ablation_variant_is_a_valid_config():
+    """Each `make ablation` variant loads on top of the recipe (a bare `none` in an override is
+    YAML's null: this would have failed before the run reached that variant)."""
+    import yaml
+
+    from s2t.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for ablation in sorted((root / "demo").glob("ablation*.yaml")):
+        for name, overrides in yaml.safe_load(ablation.read_text()).items():
+            load_config([root / "train" / "recommended.yaml", root / "train" / "cpu_scale.yaml"], overrides)
