@@ -71,6 +71,7 @@ bench: setup
 	$(PY) benchmarks/bench_cache_load.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_scaling.py
+	$(PY) benchmarks/bench_eval_memory.py
 
 clean-venv:
 	rm -rf .venv

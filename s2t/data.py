@@ -761,6 +761,23 @@ class StreamingKeypointData(KeypointData):
         points, present, first = frames if frames is not None else self.read_frames(idx)
         return points.to(self.device, non_blocking=True), present.to(self.device, non_blocking=True), first
 
+    def read_filmed(self, idx: np.ndarray):
+        """Samples idx as filmed: `read_frames` without the handedness canonicalisation (what the
+        keypoint baseline reads), on the CPU: (points (F, P, 3) float16, presence (F, C), (B,) first
+        row of each sample). The same values as the in-memory table with its mirrored clips undone."""
+        samples = [self.reader.read(int(i)) for i in np.asarray(idx)]
+        frames = {c: np.concatenate([f[c] for f, _ in samples]) for c in samples[0][0]}
+        offsets = np.concatenate([[0], np.cumsum([len(p) for _, p in samples])]).astype(np.int64)
+        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width)
+        present = np.concatenate([p for _, p in samples])[:, self._present_cols]
+        return torch.from_numpy(points), torch.from_numpy(present), torch.from_numpy(offsets[:-1].copy())
+
+    def release(self) -> None:
+        """Drop the decoded blocks the reader holds (evaluation, after its last clip): a fresh reader
+        over the same cache and budget takes its place and reads again whatever is asked later."""
+        old = self.reader
+        self.reader = old.cache.keypoint_reader([n for n in old.names if n != "present"], old.budget)
+
 
 def load_data(cache_dir, cfg, device="cpu", vocab: Vocab | None = None) -> KeypointData:
     """The cache in memory, or streamed from it when cfg.stream."""

@@ -21,14 +21,14 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import baselines, html_report, metrics, plots, report
-from .data import KeypointData, Vocab, words_of
+from .data import KeypointData, Vocab, load_data, words_of
 from .model import sequence_nats
 from .device import resolve_device
 from .rerank import Gallery, Reranker, unavailable as rerank_unavailable
@@ -257,12 +257,19 @@ def evaluate(model, data: KeypointData, split: str = "test", *, batch_size: int 
     frequent = (most_frequent_training_sentence(data), most_frequent_training_sentence(data, raw=True))
     # the training-free bar: the sentence of the nearest training clip by keypoint path (and with
     # the mirrored query tried too); a trained model below it has learnt less than template matching
+    # (one pass for both; streamed data: block by block, within the memory budget)
     keypoint_nn = {}
-    for name, mirror in (("keypoint_nn", False), ("keypoint_nn_mirror", True)) if isinstance(data, KeypointData) else ():
-        found = baselines.keypoint_nearest_neighbour(data, split, rows=index, mirror=mirror)
-        keypoint_nn[name] = (reference_texts(data.vocab, data.texts[found["neighbour"]]),
-                             [str(t).strip() for t in data.texts[found["neighbour"]]],
-                             data.text_id.cpu().numpy()[found["neighbour"]] == text_keys)
+    found = baselines.keypoint_nearest_neighbours(
+        data, split, rows=index, mirrors=(False, True),
+        memory_bytes=(data.cfg.memory_budget_mb << 20) // 8 if data.streams else None) \
+        if isinstance(data, KeypointData) else {}
+    for name, mirror in (("keypoint_nn", False), ("keypoint_nn_mirror", True)) if found else ():
+        neighbour = found[mirror]["neighbour"]
+        keypoint_nn[name] = (reference_texts(data.vocab, data.texts[neighbour]),
+                             [str(t).strip() for t in data.texts[neighbour]],
+                             data.text_id.cpu().numpy()[neighbour] == text_keys)
+    if getattr(data, "streams", False):
+        data.release()  # no keypoints are read past this point: the reader's blocks go before the metrics
 
     def generation(norm_hyps, raw_hyps, sel) -> dict:
         """One system on samples `sel`: against the raw references (sacreBLEU; the headline keys)
@@ -473,6 +480,10 @@ def main(argv=None) -> int:
                     help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", type=Path, help="evaluate on this cache instead of the run's")
+    ap.add_argument("--memory-budget-mb", type=int, metavar="MB",
+                    help="stream the keypoints from the cache, holding at most this many MB of them "
+                         "(default: stream under the run's memory_budget_mb when its config says "
+                         "stream: true or the cache's keypoints are larger than that; else load them)")
     ap.add_argument("--checkpoint", help="checkpoint file name inside the run, e.g. step-000500.safetensors "
                                          "(default: best.safetensors when the run has one, else last.safetensors)")
     ap.add_argument("--by", action="append", metavar="COLUMN",
@@ -493,7 +504,8 @@ def main(argv=None) -> int:
     try:
         name = args.checkpoint or default_checkpoint(args.run)
         model, cfg, info = load_run(args.run, device, checkpoint=name)
-        data = KeypointData(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
+        cfg, loading = data_config(cfg, args.cache or info["cache"], args.memory_budget_mb)
+        data = load_data(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
         columns = sample_columns(data)
         by = default_by(columns, data.rows(args.split)) if args.by is None else \
             [c for c in args.by if c.lower() != "none"]
@@ -505,7 +517,10 @@ def main(argv=None) -> int:
     except (CheckpointError, CacheError, EvaluationError) as e:
         from preprocess.cli import report_error
         return report_error(e)
-    summary.update({"run": str(args.run), "cache": data.cache_dir, "seconds": round(time.time() - t0, 1),
+    cache_dir = data.cache_dir
+    del data  # the streaming reader's blocks go before the report reads its clips
+    summary.update({"run": str(args.run), "cache": cache_dir, "keypoints": loading,
+                    "seconds": round(time.time() - t0, 1),
                     "checkpoint": {**{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
                                    **note}})
     out_dir = args.out or args.run / "eval" / args.split
@@ -515,6 +530,39 @@ def main(argv=None) -> int:
         print(f"WARNING: {w}", file=sys.stderr)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def data_config(cfg, cache_dir, budget_mb: int | None = None) -> tuple:
+    """The run's config with `stream` set as evaluation loads the cache, and a note saying how and
+    why. The same switch as training (`load_data`: in memory, or streamed under memory_budget_mb):
+    streamed when asked for (budget_mb, or the run's stream: true) or when the keypoints the model
+    reads (pose + its components + presence, float16 as stored) are larger than the budget."""
+    if budget_mb is not None:
+        if budget_mb <= 0:
+            raise EvaluationError(f"--memory-budget-mb must be positive, got {budget_mb}")
+        cfg, why = replace(cfg, stream=True, memory_budget_mb=budget_mb), "--memory-budget-mb"
+    elif cfg.stream:
+        why = "the run's config (stream: true)"
+    else:
+        size = keypoint_bytes(cache_dir, cfg.components)
+        if size <= cfg.memory_budget_mb << 20:
+            return cfg, {"streamed": False, "why": f"{size / 2**20:.0f} MB of keypoints fit the "
+                                                   f"{cfg.memory_budget_mb} MB budget: loaded in memory"}
+        cfg, why = replace(cfg, stream=True), (f"the cache's {size / 2**20:.0f} MB of keypoints exceed "
+                                                f"memory_budget_mb")
+    print(f"keypoints streamed from the cache under {cfg.memory_budget_mb} MB ({why})", file=sys.stderr)
+    return cfg, {"streamed": True, "memory_budget_mb": cfg.memory_budget_mb, "why": why}
+
+
+def keypoint_bytes(cache_dir, components) -> int:
+    """Bytes of the keypoints `components` (and pose, for the shoulders) plus the presence flags of
+    every sample of the cache, as the store holds them (float16): what loading them in memory reads."""
+    from preprocess.layout import COMPONENT_SIZES, COMPONENTS
+    from preprocess.store import open_cache
+
+    needed = dict.fromkeys(["pose", *components])
+    frames = int(np.asarray(open_cache(cache_dir).samples["n_frames"], np.int64).sum())
+    return frames * (sum(2 * 3 * COMPONENT_SIZES[c] for c in needed) + len(COMPONENTS))
 
 
 def default_by(columns: dict, rows: np.ndarray) -> list[str]:
