@@ -68,8 +68,8 @@ def test_what_the_active_losses_read_decides_the_forward_and_ddp(corpus, registr
 def test_loss_weights_load_as_before():
     from s2t.config import config_from_dict, load_config
     cfg = load_config("configs/train/recommended.yaml", ["loss_weights.clip=0.0"])
-    assert dict(cfg.loss_weights) == {"supcon": 1.0, "clip": 0.0, "ce": 2.0}
-    assert cfg.to_dict()["loss_weights"] == {"supcon": 1.0, "clip": 0.0, "ce": 2.0}
+    assert dict(cfg.loss_weights) == {"supcon": 1.0, "clip": 0.0, "ce": 6.0}
+    assert cfg.to_dict()["loss_weights"] == {"supcon": 1.0, "clip": 0.0, "ce": 6.0}
     assert type(cfg.to_dict()["loss_weights"]) is dict  # YAML-safe, as older runs' config.yaml
     assert config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="loss_weights must be >= 0 and not all 0"):
