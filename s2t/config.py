@@ -287,6 +287,8 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if value is None:  # YAML reads a bare `none`/`null`/`~` as null: settings spell "none" for off
+            value = "none"
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

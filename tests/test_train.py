@@ -309,3 +309,11 @@ def test_killed_run_resumes_to_the_same_losses(corpus, tmp_path):
     assert sorted(resumed) == list(range(1, 31))
     for step in range(1, 31):
         assert resumed[step]["loss"] == pytest.approx(straight[step]["loss"], rel=1e-6, abs=1e-6), step
+
+
+def test_a_bare_none_in_yaml_means_the_setting_none():
+    """`canonical_hand: none` in a YAML file (or `canonical_hand=none` on the command line) is YAML's
+    null; for a string setting it means the value "none", not an error."""
+    assert load_config(None, ["canonical_hand=none"]).canonical_hand == "none"
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, ["precision=none"])  # a setting without a "none" value still says what is wrong
