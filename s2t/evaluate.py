@@ -31,7 +31,7 @@ from . import baselines, html_report, metrics, plots, report
 from .data import KeypointData, Vocab, load_data, words_of
 from .model import sequence_nats
 from .device import resolve_device
-from .rerank import Gallery, Reranker, unavailable as rerank_unavailable
+from .rerank import Gallery, Reranker, add_rerank_arguments, unavailable as rerank_unavailable
 
 
 class EvaluationError(RuntimeError):
@@ -472,12 +472,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
     ap.add_argument("--split", default="test")
     ap.add_argument("--beam", type=int, default=0, help="also decode with this beam size (0/1: greedy only)")
-    ap.add_argument("--rerank", type=int, default=5, metavar="K",
-                    help="also score retrieval-augmented decoding: the decoder's hypotheses and the K "
-                         "training sentences nearest in CLIP space, rescored by decoder likelihood + "
-                         "CLIP logit (0: off)")
-    ap.add_argument("--rerank-weight", type=float, default=1.0,
-                    help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
+    add_rerank_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", type=Path, help="evaluate on this cache instead of the run's")
     ap.add_argument("--memory-budget-mb", type=int, metavar="MB",

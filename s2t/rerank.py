@@ -56,6 +56,16 @@ class HypothesisEmbedder:
         return self.model.text_embedding(emb).float()
 
 
+def add_rerank_arguments(ap) -> None:
+    """`--rerank K` and `--rerank-weight W`, the same for `eval` and `translate`."""
+    ap.add_argument("--rerank", type=int, default=5, metavar="K",
+                    help="also answer with retrieval-augmented decoding: the decoder's hypotheses or one of "
+                         "the K training sentences nearest in CLIP space, whichever the model scores higher "
+                         "(decoder log-likelihood per token + CLIP logit; 0: off)")
+    ap.add_argument("--rerank-weight", type=float, default=1.0,
+                    help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
+
+
 def unavailable(text_model: str | None, n_gallery: int) -> str | None:
     """Why reranking cannot run (None: it can). New sentences are embedded with the cache's own
     sentence encoder, which must be on this machine: nothing is downloaded."""

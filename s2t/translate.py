@@ -17,7 +17,7 @@ import torch
 
 from .data import Vocab, encode_texts, normalise_keypoints, rebind_vocab
 from .device import resolve_device
-from .rerank import Gallery, Reranker, unavailable as rerank_unavailable
+from .rerank import Gallery, Reranker, add_rerank_arguments, unavailable as rerank_unavailable
 
 
 NO_WORDS = "(none: the model ended the sentence at once)"
@@ -42,23 +42,22 @@ def training_sentence_rows(cache) -> np.ndarray:
     return rows[np.sort(first)]
 
 
-def training_sentences(cache, model, device, batch_size: int = 1024) -> tuple[list[str], torch.Tensor]:
-    """Distinct training sentences of the run's cache and their CLIP text embeddings
-    (read from the text store only: no keypoints are loaded)."""
-    rows = training_sentence_rows(cache)
+def training_sentences(cache, tx, rows: np.ndarray, model, device,
+                       batch_size: int = 1024) -> tuple[list[str], torch.Tensor]:
+    """The training sentences at cache `rows` and their CLIP text embeddings, from the text store
+    `tx` (= cache.text(), read once by the caller; no keypoints are loaded)."""
     texts = np.asarray(cache.samples["text"]).astype(str)
-    sentence_emb = torch.from_numpy(np.asarray(cache.text().embeddings, np.float32)[rows])
+    sentence_emb = torch.from_numpy(np.asarray(tx.embeddings, np.float32)[rows])
     with torch.no_grad():
         emb = [model.text_embedding(sentence_emb[a:a + batch_size].to(device)).float().cpu()
                for a in range(0, len(rows), batch_size)]
     return list(texts[rows]), torch.cat(emb) if emb else torch.zeros(0, 1)
 
 
-def training_reranker(cache, model, cfg, vocab: Vocab, gallery_emb: torch.Tensor, k: int, weight: float,
-                      device) -> tuple[Reranker | None, str | None]:
-    """The reranker over the same training sentences as `training_sentences`, or why there is none."""
-    tx = cache.text()
-    rows = training_sentence_rows(cache)
+def training_reranker(cache, tx, rows: np.ndarray, model, cfg, vocab: Vocab, gallery_emb: torch.Tensor,
+                      k: int, weight: float, device) -> tuple[Reranker | None, str | None]:
+    """The reranker over the training sentences at cache `rows` (those of `training_sentences`),
+    or why there is none."""
     why = rerank_unavailable(tx.text_model, len(rows))
     if why:
         return None, why
@@ -119,12 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True, type=Path, help="run folder written by `s2t train`")
     ap.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
     ap.add_argument("--top", type=int, default=5, help="how many nearest training sentences to list")
-    ap.add_argument("--rerank", type=int, default=5, metavar="K",
-                    help="also answer with retrieval-augmented decoding: the decoder's sentence or one of "
-                         "the K training sentences nearest in CLIP space, whichever the model scores "
-                         "higher (decoder likelihood + CLIP logit; 0: off)")
-    ap.add_argument("--rerank-weight", type=float, default=1.0,
-                    help="weight of the CLIP logit against the decoder's mean log-likelihood per token")
+    add_rerank_arguments(ap)
     ap.add_argument("--cache", type=Path, help="cache for frame rate and training sentences (default: the run's)")
     ap.add_argument("--checkpoint", help="checkpoint file name inside the run (default: best.safetensors "
                                          "when the run has one, else last.safetensors, as `eval`)")
@@ -156,10 +150,11 @@ def main(argv=None) -> int:
                                         default_fps=settings.get("default_fps") or train_fps or 25.0)
     except SourceError as e:
         return report_error(SourceError(e.path, f"cannot translate it: {e.reason}"))
-    gallery = training_sentences(cache, model, device)
-    vocab = rebind_vocab(_vocab(info), cache.text())  # a tokenizer trained into the cache moved with it
-    reranker, why = (training_reranker(cache, model, cfg, vocab, gallery[1], args.rerank, args.rerank_weight,
-                                       device) if args.rerank > 0 else (None, None))
+    tx, rows = cache.text(), training_sentence_rows(cache)  # the text store is read and verified once
+    gallery = training_sentences(cache, tx, rows, model, device)
+    vocab = rebind_vocab(_vocab(info), tx)  # a tokenizer trained into the cache moved with it
+    reranker, why = (training_reranker(cache, tx, rows, model, cfg, vocab, gallery[1], args.rerank,
+                                       args.rerank_weight, device) if args.rerank > 0 else (None, None))
     result = translate(keypoints, model, cfg, vocab, gallery, beam=args.beam, top=args.top,
                        device=device, reranker=reranker)
     print(f"{args.file} ({len(keypoints)} frames at {fps:g} fps, {result.n_frames} to the model)")
