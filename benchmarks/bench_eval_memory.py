@@ -2,7 +2,7 @@
 cache whose keypoints are `--factor` (4) times the budget; target: peak RSS growth <= budget + 25 %.
 
     .venv/bin/python benchmarks/bench_eval_memory.py [--budgets 64 256] [--factor 4]
-        [--mmap-threshold 262144] [--no-reference] [--out benchmarks/results/eval_memory.json]
+        [--no-tuned] [--no-reference] [--out benchmarks/results/eval_memory.json]
 
 What runs, per budget: a tiny_cpu model trained 2 steps on a small corpus (its config: stream:
 false, memory_budget_mb = the budget), then `s2t eval --run RUN --cache LARGE --split test --beam 0`
@@ -17,10 +17,12 @@ that same process (lazy library set-up, tokenizer, plotting are not counted); th
 anonymous resident memory (RssAnon: heap and anonymous maps, where arrays and tensors live) is
 sampled every 2 ms on a thread; growth = peak - the value after the warm-up, also per phase
 (load: cache opened and per-sample arrays; model pass; keypoint baseline; metrics; report: the
-files, report.html reading its clips from the cache with its own reader). The same eval runs
-again with glibc's MALLOC_MMAP_THRESHOLD_ fixed (freed arrays above it go back to the system at
-once), which separates what the allocator keeps from what eval holds. At the smallest budget the
-reference (skipped with --no-reference) is the same eval with the same model from a run whose
+files, report.html reading its clips from the cache with its own reader). Streamed, eval holds
+everything within the budget (StreamingKeypointData(whole_budget=True): the LRU gets what the rest
+leaves); the same eval runs again with glibc's malloc thresholds set while it streams ("tuned":
+StreamingKeypointData.MALLOC_EVAL = (512 kB, 4 MB): arrays of 512 kB and more in memory maps of their own),
+which separates what the allocator keeps of freed memory from what eval holds, and says what that
+costs in time. At the smallest budget the reference (skipped with --no-reference) is the same eval with the same model from a run whose
 memory_budget_mb exceeds the cache (loaded in memory): its summary must equal the streamed one
 (floats within 1e-5).
 """
@@ -38,33 +40,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from preprocess import store  # noqa: E402
-from preprocess.text import load_tokenizer, tokenize  # noqa: E402
-from tests.helpers import SENTENCES, make_corpus, synthetic_sample, tiny_cfg  # noqa: E402
-
-SHARD = 256
-FRAME_BYTES = 2 * 3 * (33 + 21 + 21) + 4  # pose + hands (float16) + presence flags, per frame
+from tests.helpers import make_corpus, tiny_cfg, write_large_cache  # noqa: E402
 
 PROBE = r"""
-import json, sys, threading, time
+import json, sys, time
 import torch
 torch.set_num_threads(1)
 from s2t import baselines, evaluate
 from s2t.data import StreamingKeypointData
-
-def anon_bytes():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+from tests.helpers import PeakWatch, anon_bytes
 
 run, warm_cache, cache, out = sys.argv[1:5]
 common = ["--run", run, "--split", "test", "--beam", "0"]
 assert evaluate.main([*common, "--cache", warm_cache, "--split", "val", "--out", out + "-warmup"]) == 0
-phase, peaks, reader = ["load"], {}, {}
+phase, reader = ["load"], {}
 def enter(name, then, fn):  # fn runs in phase `name`; what follows it is phase `then`
     def wrapped(*args, **kwargs):
         phase[0] = name
@@ -76,60 +68,26 @@ def enter(name, then, fn):  # fn runs in phase `name`; what follows it is phase 
 evaluate.run_model = enter("model pass", "metrics", evaluate.run_model)
 baselines.keypoint_nearest_neighbours = enter("keypoint baseline", "metrics", baselines.keypoint_nearest_neighbours)
 evaluate.write_report = enter("report", "report", evaluate.write_report)
+if len(sys.argv) > 5 and sys.argv[5] == "tuned":
+    StreamingKeypointData.MALLOC_EVAL = (512 << 10, 4 << 20)
 real_release = StreamingKeypointData.release
 def release(self):
-    reader.update(peak_mb=self.reader.peak_bytes / 2**20, blocks_read=self.reader.blocks_read)
+    reader.update(peak_mb=self.reader.peak_bytes / 2**20, blocks_read=self.reader.blocks_read,
+                  lru_budget_mb=self.reader.budget / 2**20, rest_held_mb=self.held_bytes / 2**20)
     real_release(self)
 StreamingKeypointData.release = release
 
 baseline = anon_bytes()
-done = threading.Event()
-def watch():
-    while not done.wait(0.002):
-        now = anon_bytes()
-        peaks[phase[0]] = max(peaks.get(phase[0], 0), now)
-threading.Thread(target=watch, daemon=True).start()
+watch = PeakWatch(lambda: phase[0])
 t0 = time.perf_counter()
 assert evaluate.main([*common, "--cache", cache, "--out", out]) == 0
 seconds = time.perf_counter() - t0
-done.set()
+peaks = watch.stop()
 growth = {k: (v - baseline) / 2**20 for k, v in peaks.items()}
 print(json.dumps({"growth_mb": max([*growth.values(), (anon_bytes() - baseline) / 2**20]),
                   "growth_by_phase_mb": growth, "seconds": seconds, "reader": reader,
                   "baseline_mb": baseline / 2**20}))
 """
-
-
-def write_large_cache(out: Path, target_bytes: int, seed: int = 0) -> dict:
-    """A sealed cache of synthetic clips whose pose + hands + presence take target_bytes; one shard
-    of clips is made and written again under new ids (and new lengths) until the size is reached."""
-    rng = np.random.default_rng(seed)
-    template = [synthetic_sample(i % len(SENTENCES), rng, len(SENTENCES)) for i in range(SHARD)]
-    rows, frames, shard = [], 0, 0
-    while frames * FRAME_BYTES < target_bytes:
-        lengths = rng.integers(75, 226, size=SHARD)
-        kps = [kp[np.resize(np.arange(len(kp)), n)] for kp, n in zip(template, lengths)]
-        ids = [f"c{shard}_{i}" for i in range(SHARD)]
-        store.write_keypoint_shard(out, shard, "zarr", [{"id": x, "row": len(rows) + i, "fps": 15.0}
-                                                        for i, x in enumerate(ids)], kps, [])
-        for i, x in enumerate(ids):
-            k = len(rows)
-            split = "test" if k % 20 == 0 else "val" if k % 20 == 1 else "train"
-            sentence = SENTENCES[i % len(SENTENCES)]
-            rows.append({"id": x, "text": sentence, "split": split, "signer": f"p{k % 5}", "label": sentence})
-        frames += int(lengths.sum())
-        shard += 1
-    store.seal_keypoints(out, shard, {"name": out.name, "fingerprint": "eval-memory", "format": "zarr",
-                                      "settings": {}, "versions": {}})
-    ids, lengths = tokenize(load_tokenizer("default"), [r["text"] for r in rows], 16)
-    emb = np.random.default_rng(99).normal(size=(len(SENTENCES), 384)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    ann = {k: [r[k] for r in rows] for k in ("id", "text", "split", "signer", "label")}
-    store.write_text_store(out, "eval-memory", "zarr", ann, ids, lengths,
-                           emb[[SENTENCES.index(r["text"]) for r in rows]],
-                           {"tokenizer": "default", "text_model": "random-per-sentence"})
-    return {"samples": len(rows), "frames": frames, "keypoint_mb": frames * FRAME_BYTES / 2**20,
-            "test_samples": sum(r["split"] == "test" for r in rows), "shards": shard}
 
 
 def train_run(cache: Path, run: Path, budget_mb: int) -> None:
@@ -139,9 +97,9 @@ def train_run(cache: Path, run: Path, budget_mb: int) -> None:
           cache, run)
 
 
-def probe(run: Path, warm: Path, cache: Path, out: Path, env: dict | None = None) -> tuple[dict, dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run([sys.executable, "-c", PROBE, str(run), str(warm), str(cache), str(out)],
+def probe(run: Path, warm: Path, cache: Path, out: Path, variant: str = "") -> tuple[dict, dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", PROBE, str(run), str(warm), str(cache), str(out), variant],
                           cwd=ROOT, capture_output=True, text=True, env=env)
     if done.returncode:
         raise SystemExit(f"eval probe failed:\n{done.stderr[-4000:]}")
@@ -163,16 +121,16 @@ def same(a, b) -> bool:
 def show(name: str, r: dict, budget: int) -> None:
     phases = ", ".join(f"{k} {v:.0f}" for k, v in r["growth_by_phase_mb"].items())
     print(f"  {name}: growth {r['growth_mb']:.1f} MB = {r['growth_mb'] / budget:.2f}x budget "
-          f"({phases}); reader peak {r['reader'].get('peak_mb', 0):.0f} MB; {r['seconds']:.0f} s", flush=True)
+          f"({phases}); reader peak {r['reader'].get('peak_mb', 0):.0f} MB, the rest held "
+          f"{r['reader'].get('rest_held_mb', 0):.0f} MB; {r['seconds']:.0f} s", flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budgets", type=int, nargs="+", default=[64, 256], metavar="MB")
     ap.add_argument("--factor", type=float, default=4.0, help="cache keypoints / budget")
-    ap.add_argument("--mmap-threshold", type=int, default=262144,
-                    help="also run each streamed eval with MALLOC_MMAP_THRESHOLD_ set to this (glibc: "
-                         "arrays above it are returned to the system when freed; 0: skip)")
+    ap.add_argument("--no-tuned", action="store_true",
+                    help="skip the streamed eval with glibc's malloc thresholds set (512 kB mmap, 4 MB trim)")
     ap.add_argument("--work", type=Path, help="folder for the caches and runs (default: a temporary one)")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the in-memory eval (at the smallest budget) and the summary comparison")
@@ -201,12 +159,10 @@ def main(argv=None) -> int:
             show("streamed", streamed, budget)
             row = {"budget_mb": budget, "limit_mb": 1.25 * budget, "cache": cache, "streamed": streamed,
                    "growth_over_budget": streamed["growth_mb"] / budget, "met": streamed["growth_mb"] <= 1.25 * budget}
-            if args.mmap_threshold:
-                tuned, _ = probe(work / f"run-{budget}", warm, large, work / f"eval-{budget}-mmap",
-                                 {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)})
-                show(f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}", tuned, budget)
-                row |= {"streamed_mmap_threshold": {"MALLOC_MMAP_THRESHOLD_": args.mmap_threshold, **tuned},
-                        "met_mmap_threshold": tuned["growth_mb"] <= 1.25 * budget}
+            if not args.no_tuned:
+                tuned, _ = probe(work / f"run-{budget}", warm, large, work / f"eval-{budget}-tuned", variant="tuned")
+                show("malloc thresholds set", tuned, budget)
+                row |= {"streamed_tuned_malloc": tuned, "met_tuned_malloc": tuned["growth_mb"] <= 1.25 * budget}
             if not args.no_reference and budget == min(args.budgets):
                 train_run(warm, work / f"run-{budget}-memory", int(cache["keypoint_mb"]) * 2 + 64)
                 memory, m_summary = probe(work / f"run-{budget}-memory", warm, large, work / f"eval-{budget}-memory")

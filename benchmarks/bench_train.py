@@ -9,6 +9,16 @@ efficiency is computed from clip lengths of a sentence-level corpus (see corpus_
 128 in fp16 is an ESTIMATE: parameters/gradients/AdamW state counted exactly, activations counted
 as the bytes autograd saves for backward in one fp16-autocast forward pass on the CPU (a CUDA
 run with flash attention saves less, so this errs high). With CUDA it is measured.
+
+Batch assembly share (`--only-share` runs just this part; writes benchmarks/results/batch_assembly.json):
+one training batch assembled by `KeypointData.batch` (frame index selection, gather, augmentation,
+frame features) against one whole step of s2t.train.train_step (the trainer's own step: getting its
+batch from the BatchFeed + forward + backward + AdamW) of tiny_cpu at batch 128, in one process with
+the same thread count, medians of interleaved repeats; with tiny_cpu's augmentation and with the
+recipe's (TrainConfig's Augment defaults: tiny_cpu turns the people augmentations off). "Wait" is
+the part of the step the loop spends getting its batch (StepResult.data_s), what a user pays: the
+whole assembly in memory; with `stream: true` the feed reads the next batches' samples on a
+background thread and the loop waits only for what remains on its own thread.
 """
 from __future__ import annotations
 
@@ -30,10 +40,11 @@ sys.path.insert(0, str(ROOT))
 from preprocess.layout import COMPONENT_SLICES, POSE_INDEX  # noqa: E402
 from preprocess.store import write_cache  # noqa: E402
 from s2t.checkpoint import build_model  # noqa: E402
-from s2t.config import load_config  # noqa: E402
-from s2t.data import KeypointData, PKBatchSampler  # noqa: E402
+from s2t.config import Augment, load_config  # noqa: E402
+from s2t.data import BatchFeed, KeypointData, load_data  # noqa: E402
 from s2t.losses import Losses  # noqa: E402
-from s2t.train import resolve_precision  # noqa: E402
+from s2t.sampler import PKBatchSampler  # noqa: E402
+from s2t.train import Job, TrainState, make_generators, make_sampler, resolve_precision, train_step  # noqa: E402
 
 CONFIGS = {"tiny_cpu": ROOT / "configs/train/tiny_cpu.yaml", "recommended": ROOT / "configs/train/recommended.yaml"}
 BATCHES = (32, 128, 256)
@@ -125,6 +136,85 @@ def throughput(cache: Path, name: str, batch: int, steps: int, device: torch.dev
     return res
 
 
+# tiny_cpu's own augmentation, and the recipe's (every Augment default, people augmentations on)
+AUGMENTATIONS = {"tiny_cpu": [], "recipe": [f"augment.{k}={v}" for k, v in vars(Augment()).items()]}
+SHARE_TARGET = 0.01  # issue 14: batch assembly <= 1 % of a tiny_cpu step at batch 128 on the CPU
+
+
+def batch_share(cache: Path, augmentation: str, steps: int, device: torch.device, batch: int = 128,
+                stream: bool = False, assemblies: int = 3, warmup: int = 2) -> dict:
+    """Batch assembly vs a whole training step of tiny_cpu (see the module doc). Per step, the
+    trainer's step is timed, then `assemblies` standalone `data.batch` calls (their own sampler and
+    generators, the step's batch size and augmentation); in memory only (streamed: the wait alone).
+    Wall and thread CPU time (the machine may be shared; with one intra-op thread the step's
+    compute runs on this thread)."""
+    overrides = [f"batch_size={batch}", "device=" + device.type, *AUGMENTATIONS[augmentation]]
+    if stream:
+        overrides += ["stream=true", "memory_budget_mb=4096"]
+    cfg = load_config(CONFIGS["tiny_cpu"], overrides)
+    data = load_data(cache, cfg, device)
+    info = {"vocab": data.vocab.to_json(), "in_dim": data.feature_dim, "text_dim": data.text_dim}
+    model = build_model(cfg, info)[0].to(device).train()
+    losses = Losses(cfg, data.vocab, device, model=model, text_dim=data.text_dim)
+    opt = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay, cfg.text_encoder_lr_scale), lr=cfg.lr,
+                            betas=tuple(cfg.adam_betas))
+    amp = resolve_precision(cfg, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else (lambda: torch.autocast(device.type,
+                                                                                                    enabled=False))
+    job = Job(0, 1, device)
+    state = TrainState(model, losses, opt, torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+                       make_generators(cfg, job))
+    rows = data.rows("train")
+    feed = BatchFeed(data, make_sampler(cfg, data, rows, job), rows, cfg.prefetch_batches)
+    own = PKBatchSampler(data.label_np[rows], data.lengths[rows], batch, cfg.samples_per_label, seed=1)
+    gens = (torch.Generator().manual_seed(2), torch.Generator(device=device).manual_seed(3))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {k: [] for k in ("step", "step_cpu", "wait", "assembly", "assembly_cpu")}
+    try:
+        for i in range(warmup + steps):
+            sync()
+            t, c = time.perf_counter(), time.thread_time()
+            done = train_step(state, model, data, feed, cfg, autocast, 1)
+            sync()
+            if i >= warmup:
+                times["step"].append(time.perf_counter() - t)
+                times["step_cpu"].append(time.thread_time() - c)
+                times["wait"].append(done.data_s)
+            for _ in range(assemblies if not data.streams else 0):
+                idx = rows[next(own)]
+                sync()
+                t, c = time.perf_counter(), time.thread_time()
+                b = data.batch(idx, *gens)
+                sync()
+                if i >= warmup:
+                    times["assembly"].append(time.perf_counter() - t)
+                    times["assembly_cpu"].append(time.thread_time() - c)
+    finally:
+        feed.close()
+    med = {k: float(np.median(v)) if v else None for k, v in times.items()}
+    res = {"config": "tiny_cpu", "augmentation": augmentation, "overrides": overrides, "batch": batch,
+           "frames": int(b.x.shape[1]) if not data.streams else cfg.max_frames, "stream": stream,
+           "steps_timed": steps, "warmup_steps": warmup, "assemblies_timed": len(times["assembly"]),
+           "step_ms": 1000 * med["step"], "step_cpu_ms": 1000 * med["step_cpu"], "wait_ms": 1000 * med["wait"],
+           "wait_share": med["wait"] / med["step"]}
+    if med["assembly"] is not None:
+        compute = float(np.median(np.array(times["step"]) - np.array(times["wait"])))  # forward + backward + AdamW
+        res |= {"assembly_ms": 1000 * med["assembly"], "assembly_cpu_ms": 1000 * med["assembly_cpu"],
+                "assembly_share": med["assembly"] / med["step"],
+                "assembly_share_of_compute": med["assembly"] / compute,
+                "assembly_share_cpu": med["assembly_cpu"] / med["step_cpu"],
+                "met": med["assembly"] / med["step"] <= SHARE_TARGET}
+    res["raw_s"] = times
+    return res
+
+
+def share_line(r: dict) -> str:
+    what = (f"assembly {r['assembly_ms']:.2f} ms = {100 * r['assembly_share']:.2f}% of a step "
+            f"(CPU time: {100 * r['assembly_share_cpu']:.2f}%), " if "assembly_ms" in r else "")
+    return (f"tiny_cpu batch {r['batch']}, {r['augmentation']} augmentation{', streamed' if r['stream'] else ''}: "
+            f"{what}step {r['step_ms']:.0f} ms, the loop waits {r['wait_ms']:.2f} ms = {100 * r['wait_share']:.2f}%")
+
+
 def padding(n_clips: int, n_sentences: int, max_frames: int, batch: int, k: int, batches: int = 200) -> dict:
     """Real frames / padded frames per batch: the bucketed P x K sampler vs the same sampler
     without bucketing vs plain random batches (K = 1, no bucketing)."""
@@ -185,6 +275,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/train.json"))
+    p.add_argument("--share-steps", type=int, default=12,
+                   help="timed training steps per batch-assembly-share measurement (0: skip it)")
+    p.add_argument("--only-share", action="store_true", help="measure the batch assembly share only")
+    p.add_argument("--share-out", default=str(ROOT / "benchmarks/results/batch_assembly.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,6 +289,21 @@ def main(argv=None) -> int:
                           "load_avg_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp:
         cache = make_cache(Path(tmp) / "cache", args.samples, n_sentences=args.samples // 4)
+        if args.share_steps:
+            shares = {"what": "KeypointData.batch of one training batch vs one s2t.train.train_step of tiny_cpu, "
+                              "same process and threads, medians (see benchmarks/bench_train.py)",
+                      "target": f"assembly_share <= {SHARE_TARGET}", "machine": dict(result["machine"]), "rows": []}
+            for augmentation, stream in (("tiny_cpu", False), ("recipe", False), ("tiny_cpu", True),
+                                         ("recipe", True)):
+                r = batch_share(cache, augmentation, args.share_steps, device, stream=stream)
+                print(share_line(r), flush=True)
+                shares["rows"].append(r)
+            shares["machine"]["load_avg_at_end"] = os.getloadavg()
+            Path(args.share_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.share_out).write_text(json.dumps(shares, indent=1) + "\n")
+            print("wrote", args.share_out)
+        if args.only_share:
+            return 0
         result["throughput"] = {}
         for name in CONFIGS:
             steps = args.steps if name == "tiny_cpu" else args.rec_steps

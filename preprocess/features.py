@@ -13,6 +13,7 @@ written once, at the end, by this (the driver) process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,15 +21,15 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from . import store
+from . import settings, store
 from .cli import CommandError
 from .manifest import read_manifest
 
@@ -37,28 +38,53 @@ BACKENDS = ("loky", "dask")
 DEFAULT_CONFIG = ROOT / "configs" / "features" / "default.yaml"
 
 
-def load_settings(path: Path = DEFAULT_CONFIG, **overrides) -> dict:
+@dataclass
+class KeypointSettings:
+    format: str = "zarr"         # zarr (v3) or hdf5: same layout, same reader
+    fps: float | None = None     # target frame rate; None keeps every frame of the source
+    default_fps: float = 25.0    # frame rate assumed for .npy/.npz inputs that do not say (manifest `fps` wins)
+    shard_size: int = 128        # samples per shard: the unit of parallel work, of resume and of atomic writes
+
+
+@dataclass
+class TextSettings:
+    tokenizer: str = "default"   # DistilBERT-uncased WordPiece ids ("default": the vocab shipped with the
+                                 # offline all-MiniLM-L6-v2); "train": learn a vocabulary from the train split
+    train_tokenizer: dict = field(default_factory=dict)  # `tokenizer: train` only: what differs from
+                                 # preprocess.text.TRAIN_DEFAULTS (model, vocab_size, lowercase, ...)
+    text_model: str = "default"  # frozen sentence encoder for the CLIP loss; "default" = all-MiniLM-L6-v2
+    max_length: int = 48         # tokens per sentence including [CLS]/[SEP]; longer sentences are truncated
+    batch_size: int = 128        # sentence-encoder batch
+
+
+@dataclass
+class FeatureSettings:
+    """`make features` settings: these defaults, then the --config YAML, then command-line flags.
+    Every value is part of a fingerprint: change one and only the affected store is rebuilt."""
+    keypoints: KeypointSettings = field(default_factory=KeypointSettings)
+    text: TextSettings = field(default_factory=TextSettings)
+
+
+def load_settings(path: Path = DEFAULT_CONFIG, **overrides) -> FeatureSettings:
     """Feature settings from YAML, with non-None keyword overrides for keys of either section."""
+    sections = {name: set(typing.get_type_hints(cls)) for name, cls in
+                (("keypoints", KeypointSettings), ("text", TextSettings))}
     try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CommandError(f"feature settings {path}: not valid YAML ({e}); fix the file") from e
-    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(s), dict) for s in ("keypoints", "text")):
-        raise CommandError(f"feature settings {path}: expected the sections 'keypoints:' and 'text:' "
-                           f"(see {DEFAULT_CONFIG})")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section = next((s for s in ("keypoints", "text") if key in cfg[s]),
-                       "text" if key == "train_tokenizer" else None)  # (absent from older settings files)
-        if section is None:
-            raise CommandError(f"unknown feature setting {key!r}; known: "
-                               f"{sorted(cfg['keypoints']) + sorted(cfg['text'])}")
-        if isinstance(value, dict):  # a nested setting (train_tokenizer): the keys given replace theirs
-            value = {**(cfg[section].get(key) or {}), **value}
-        cfg[section][key] = value
-    if cfg["keypoints"]["format"] not in store.FORMATS:
-        raise CommandError(f"format must be one of {store.FORMATS}, not {cfg['keypoints']['format']!r}")
+        cfg = settings.load(FeatureSettings, [path])
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section = next((name for name, keys in sections.items() if key in keys), None)
+            if section is None:
+                raise CommandError(f"unknown feature setting {key!r}; known: "
+                                   f"{sorted(sections['keypoints']) + sorted(sections['text'])}")
+            if isinstance(value, dict):  # a nested setting (train_tokenizer): the keys given replace theirs
+                value = {**getattr(getattr(cfg, section), key), **value}
+            settings.merge(cfg, {section: {key: value}})
+    except settings.ConfigError as e:
+        raise CommandError(f"feature settings {path}: {e}") from None
+    if cfg.keypoints.format not in store.FORMATS:
+        raise CommandError(f"format must be one of {store.FORMATS}, not {cfg.keypoints.format!r}")
     return cfg
 
 
@@ -167,6 +193,16 @@ def _clean_unfinished(cache_dir: Path) -> None:
                 store.remove_path(p)
 
 
+def default_jobs() -> int:
+    """--jobs when not given: one worker per core this process may run on. Each worker keeps one
+    core busy (mediapipe_extract's thread settings), so fewer workers leave cores idle and more
+    only share them. Measured on the 2-core machine (benchmarks/bench_features.py, which prints
+    the fastest --jobs; BENCHMARKS.md "Features"), all while other sessions' jobs kept it busy
+    (load average 4-8): 2 workers 13.8 frames/s vs 1 worker 12.6, 12.1 vs 11.5, and 10.6 vs 13.1
+    in a third run with the load at its highest; an idle-machine run decides."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextmanager
 def extraction_backend(backend: str = "loky", scheduler: str | None = None, jobs: int | None = None):
     """joblib's backend for the shard workers, as a context; yields the n_jobs to give Parallel.
@@ -182,12 +218,12 @@ def extraction_backend(backend: str = "loky", scheduler: str | None = None, jobs
         if scheduler:
             raise ValueError("--scheduler is for --backend dask")
         with parallel_config(backend="loky"):
-            yield jobs or os.cpu_count() or 1
+            yield jobs or default_jobs()
         return
     from distributed import Client, LocalCluster
 
     # one thread per worker: a shard is CPU-bound Python + TFLite, threads would share one GIL
-    cluster = None if scheduler else LocalCluster(n_workers=jobs or os.cpu_count() or 1, threads_per_worker=1,
+    cluster = None if scheduler else LocalCluster(n_workers=jobs or default_jobs(), threads_per_worker=1,
                                                   processes=True, dashboard_address=None)
     try:
         with Client(scheduler or cluster) as client, parallel_config(backend="dask", client=client):
@@ -364,7 +400,7 @@ def build_cache(manifest, out_root="cache", *, preset=None, config=DEFAULT_CONFI
     backend/scheduler say where the keypoint workers run (see extraction_backend); they are not part
     of the fingerprint: every backend writes the same cache."""
     cfg = load_settings(config, **overrides)
-    kp, tx = cfg["keypoints"], cfg["text"]
+    kp, tx = dataclasses.asdict(cfg.keypoints), dataclasses.asdict(cfg.text)  # plain dicts: fingerprinted
     rows = read_manifest(manifest, preset=preset)
     versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
     fingerprint = keypoint_fingerprint(rows, kp, versions)
@@ -405,7 +441,7 @@ def main(argv=None) -> int:
     p.add_argument("--text-model", dest="text_model", help="HF id or folder of the sentence encoder")
     p.add_argument("--max-length", type=int, dest="max_length", help="tokens per sentence")
     p.add_argument("--jobs", type=int, default=None,
-                   help="parallel workers (default: all cores); with --backend dask and no --scheduler, "
+                   help="parallel workers (default: one per usable core, the fastest measured); with --backend dask and no --scheduler, "
                         "the number of local Dask worker processes")
     p.add_argument("--backend", choices=BACKENDS, default="loky",
                    help="where keypoint workers run: loky = local processes (default), dask = a Dask cluster "

@@ -21,7 +21,9 @@ import torch
 
 from preprocess.layout import COMPONENT_SIZES, COMPONENTS
 
-from .data import KeypointData, _arm_groups, mirror_permutation
+from .augment import arm_groups
+from .data import KeypointData
+from .frames import mirror_permutation
 
 
 def _blocks(data: KeypointData, rows: np.ndarray, frames: int, batch_size: int,
@@ -50,7 +52,7 @@ def _path_blocks(data: KeypointData, rows: np.ndarray, frames: int = 32, batch_s
     """Per block of rows (`_blocks`): one (b, frames * points * 3) float32 path tensor per entry
     of `mirrors` (the clips as filmed, or mirrored). Only one block's frames are read at a time:
     with streamed data, the keypoints pass through the cache reader's memory budget."""
-    arms = _arm_groups(tuple(data.components))["arms"]
+    arms = arm_groups(tuple(data.components))["arms"]
     if not arms:
         raise ValueError(f"the keypoint baseline needs arm or hand points; components are {data.components}")
     cols = torch.cat(arms)
@@ -87,7 +89,7 @@ def _path_blocks(data: KeypointData, rows: np.ndarray, frames: int = 32, batch_s
 def keypoint_paths(data: KeypointData, rows: np.ndarray, frames: int = 32, batch_size: int = 256,
                    mirror: bool = False) -> torch.Tensor:
     """(n, frames * points * 3) float32 paths of the arm and hand points of `rows` (NaN -> 0 later)."""
-    arms = _arm_groups(tuple(data.components))["arms"]
+    arms = arm_groups(tuple(data.components))["arms"]
     width = frames * sum(len(a) for a in arms) * 3
     out = [paths for paths, in _path_blocks(data, rows, frames, batch_size, (mirror,))]
     return torch.cat(out) if out else torch.zeros(0, width)

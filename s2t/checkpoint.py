@@ -29,12 +29,13 @@ from safetensors.torch import save_file
 from preprocess.store import write_json_atomic
 
 from .config import ConfigError, config_from_dict
-from .data import Vocab
 from .model import ModelConfig, SignTranslator
+from .vocab import Vocab
 
 RUN_INFO = "run.json"
 CONFIG = "config.yaml"
 LAST = "last.safetensors"
+BEST = "best.safetensors"  # the checkpoint with the best validation value of cfg.best_metric
 
 
 class CheckpointError(RuntimeError):
@@ -71,6 +72,11 @@ def remove_stale_temps(run_dir) -> list[Path]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+def default_checkpoint(run_dir) -> str:
+    """best.safetensors (best on validation) when the run has one, else last.safetensors."""
+    return BEST if (Path(run_dir) / BEST).is_file() else LAST
 
 
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -167,7 +173,7 @@ def build_model(cfg, info: dict):
     vocab = Vocab.from_json(info["vocab"])
     mc = ModelConfig.from_train_config(cfg, in_dim=info["in_dim"], text_dim=info["text_dim"],
                                        vocab_size=vocab.size, pad_id=vocab.pad, bos_id=vocab.bos,
-                                       eos_id=vocab.eos)
+                                       eos_id=vocab.eos, text_model=info.get("text_model"))
     return SignTranslator(mc, torch.as_tensor(vocab.token_ids)), vocab
 
 
@@ -178,7 +184,10 @@ def load_run(run_dir, device="cpu", checkpoint: str = LAST):
            "components", "in_dim", "text_dim", "step", "checkpoint": path}."""
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
-    model, vocab = build_model(cfg, info)
+    try:  # text_encoder: finetune rebuilds the text tower from the text model's local folder
+        model, vocab = build_model(cfg, info)
+    except ConfigError as e:
+        raise CheckpointError(f"{run_dir}: cannot rebuild its model: {e}") from None
     path = run_dir / checkpoint
     tensors, meta = load_checkpoint(path, prefix="model.")
     try:

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-
-class ConfigError(ValueError):
-    pass
+from preprocess import settings
+from preprocess.settings import ConfigError
 
 
 DEFAULT_LOSS_WEIGHTS = {
     "supcon": 1.0,  # supervised contrastive loss over video embeddings (same label = positive)
     "clip": 1.0,    # symmetric video-text contrastive loss; 0 turns it off
-    "ce": 2.0,      # decoder cross-entropy (translation)
+    "ce": 6.0,      # decoder cross-entropy (translation). The recipe said 2; at 2 the decoder is the
+                    # part left under-trained (625 steps x 128: CE 6 halves decoder WER on unseen
+                    # signers, +12 BLEU on unseen sentences; README "Unseen people and new sentences")
 }
 
 
@@ -57,6 +55,16 @@ class LossWeights(dict):
     def __setattr__(self, name: str, value) -> None:
         self[name] = value
 
+    def merge(self, value, key: str) -> None:
+        """Settings loading (preprocess.settings.merge): names checked against the registry."""
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of loss name -> weight, e.g. {dict(DEFAULT_LOSS_WEIGHTS)}")
+        for name, weight in value.items():
+            if name not in loss_names():
+                valid = ", ".join(f"{key}.{n}" for n in loss_names())
+                raise ConfigError(f"unknown config key {f'{key}.{name}'!r}; valid keys: {valid}")
+            self[name] = settings.coerce(weight, float, f"{key}.{name}")
+
     def __repr__(self) -> str:
         return f"LossWeights({', '.join(f'{k}={v!r}' for k, v in self.items())})"
 
@@ -72,16 +80,40 @@ class Augment:
     crop: float = 0.1          # drop up to this fraction of the clip (split between start and end)
     frame_drop: float = 0.05   # probability to mask out each frame
     hand_drop: float = 0.1     # probability to blank one hand for the whole sample
-    # How people differ (0 = off, the defaults of older runs): each sample as if signed by someone else
-    time_warp: float = 0.0     # non-uniform tempo inside the clip: local speed varies by up to +-this
-    path_offset: float = 0.0   # smooth drift of each arm + hand, in shoulder widths (slow sinusoids)
-    hand_rotate_deg: float = 0.0  # each hand turned about its wrist by up to this many degrees (3D)
-    finger_noise: float = 0.0  # per-sample offset of every finger point from the wrist, in shoulder widths
-    yaw_deg: float = 0.0       # camera viewpoint: the body turned about the vertical axis by up to this
+    # How people differ (0 = off): each sample as if signed by someone else (ARCHITECTURE.md §6)
+    time_warp: float = 0.3     # non-uniform tempo inside the clip: local speed varies by up to +-this
+    path_offset: float = 0.05  # smooth drift of each arm + hand, in shoulder widths (slow sinusoids)
+    hand_rotate_deg: float = 20.0  # each hand turned about its wrist by up to this many degrees (3D)
+    finger_noise: float = 0.03  # per-sample offset of every finger point from the wrist, in shoulder widths
+    yaw_deg: float = 20.0      # camera viewpoint: the body turned about the vertical axis by up to this.
+                               # Mirroring a left-handed signer mirrors their camera angle too: unseen
+                               # left-handed Ret@1 0.783 -> 0.894 with it (DEMO_SCALE=signers)
+
+
+@dataclass
+class SampleBudget:
+    """The schedule in training samples seen instead of optimizer steps (0 = keep the step setting),
+    so that presets of different batch sizes get the same budget (the demo's scales are written so).
+    Steps = ceil(samples / (batch_size * accumulation_steps))."""
+    train: int = 0        # -> max_steps
+    warmup: int = 0       # -> warmup_steps
+    eval_every: int = 0   # -> eval_every and ckpt_every
+    queue_start: int = 0  # -> queue_start
+
+    def apply(self, cfg: "TrainConfig") -> None:
+        per_step = cfg.batch_size * cfg.accumulation_steps
+        for budget, keys in ((self.train, ["max_steps"]), (self.warmup, ["warmup_steps"]),
+                             (self.eval_every, ["eval_every", "ckpt_every"]), (self.queue_start, ["queue_start"])):
+            if budget < 0:
+                raise ConfigError(f"samples.* must be >= 0, got {budget}")
+            for key in keys if budget else []:
+                setattr(cfg, key, math.ceil(budget / per_step))
 
 
 @dataclass
 class TrainConfig:
+    """The defaults ARE the recommended recipe (docs/ARCHITECTURE.md §1): every preset under
+    configs/train/ lists only what it changes, each value with its source."""
     # --- data --------------------------------------------------------------------------------
     components: list[str] = field(default_factory=lambda: ["pose", "left_hand", "right_hand"])
     max_frames: int = 128            # longer clips are uniformly subsampled to this many frames
@@ -90,50 +122,57 @@ class TrainConfig:
     max_text_len: int = 40           # tokens incl. [CLS]/[SEP]; longer sentences are truncated
     compact_vocab: bool = True       # decoder vocabulary = tokens seen in training (+ specials)
     samples_per_label: int = 4       # K of the P x K sampler (1 = plain length-bucketed batches)
-    adapt_samples_per_label: bool = False  # K = min(samples_per_label, median clips per label, >= 2):
-                                     # with one clip per sentence, no batch of 3 augmented copies each
+    adapt_samples_per_label: bool = True  # K = min(samples_per_label, median clips per label, >= 2):
+                                     # with one clip per sentence, no batch of 3 augmented copies each (§5)
     bucket_batches: int = 50         # length bucketing window, in batches (sort by length inside it)
     stream: bool = False             # read samples from the cache batch by batch (caches larger than memory)
     memory_budget_mb: int = 1024     # stream: decoded keypoints held in memory at most (LRU of storage chunks)
     prefetch_batches: int = 2        # stream: batches read ahead on a background thread (0: read in the loop)
     augment: Augment = field(default_factory=Augment)
-    canonical_hand: str = "none"     # "right": mirror clips signed mainly with the left hand (x negated,
-                                     # left/right landmarks swapped) at training, eval and translate
+    canonical_hand: str = "right"    # "right": mirror clips signed mainly with the left hand (x negated,
+                                     # left/right landmarks swapped) at training, eval and translate;
+                                     # unseen left-handed Ret@1 0.062 -> 0.783 (DEMO_SCALE=signers, §6)
     val_signers: list[str] = field(default_factory=list)  # signers held out as the val split
                                      # (their train rows become val: validation on unseen people)
 
     # --- model -------------------------------------------------------------------------------
-    embed_dim: int = 512
+    embed_dim: int = 512             # recipe: embed_dim 512 (the seed had 256)
     proj_dim: int = 256
-    encoder_layers: int = 4
-    decoder_layers: int = 2
+    encoder_layers: int = 4          # recipe: 4-6 encoder layers
+    decoder_layers: int = 3
     heads: int = 8
     ff_mult: int = 4
-    dropout: float = 0.2
-    shared_head: bool = False        # True = seed setup: one head for contrastive loss AND decoder input
-    decoder_reads_embedding: bool = False  # the decoder also attends to the clip's (detached) CLIP embedding
+    dropout: float = 0.2             # recipe: dropout 0.2
+    shared_head: bool = False        # recipe: dedicated Linear-ReLU-Linear heads; True = the seed's one head
+                                     # for the contrastive loss AND the decoder input
+    decoder_reads_embedding: bool = True  # the decoder also attends to the clip's (detached) CLIP embedding (§4)
     token_init: str = "random"       # "pretrained": decoder token embeddings start from the text model's
                                      # word embeddings (PCA to embed_dim; WordPiece tokenizer only)
-    token_dropout: float = 0.0       # share of decoder input tokens replaced by [UNK] in training: the
-                                     # decoder must read the video, not only continue the sentence
+    token_dropout: float = 0.2       # share of decoder input tokens replaced by [UNK] in training: the
+                                     # decoder must read the video, not only continue the sentence (§5)
+    text_encoder: str = "frozen"     # CLIP text side: "frozen" = the cache's sentence embeddings (fast);
+                                     # "finetune" = the cache's text model (a local folder) trained with it
+    text_encoder_layers: int = 2     # finetune: top transformer layers trained (0 = all, embeddings too)
+    text_encoder_lr_scale: float = 0.1  # finetune: the text model's lr = lr * this (pretrained weights)
 
     # --- losses ------------------------------------------------------------------------------
     loss_weights: LossWeights = field(default_factory=LossWeights)
-    temperature: float = 0.05        # SupCon temperature
+    temperature: float = 0.05        # SupCon temperature (recipe: 0.05; the seed had 0.07)
     clip_logit_scale_init: float = math.log(1 / 0.07)  # CLIP's init
     clip_logit_scale_max: float = math.log(100)        # CLIP's clamp
     label_smoothing: float = 0.1
-    queue_size: int = 0              # MoCo-style queue of past embeddings (0 = off)
-    queue_start: int = 0             # step from which the queue is filled and used (encoder settled)
-    queue_keys: str = "projected"    # "projected": queue the head outputs (they go stale as the heads
+    queue_size: int = 4096           # MoCo-style queue of past embeddings, ~32 batches of 128 (0 = off)
+    queue_start: int = 2000          # step from which the queue is filled and used: only once the encoder
+                                     # drifts slowly (XBM); keys of a fast-changing encoder collapse (§5)
+    queue_keys: str = "pooled"       # "projected": queue the head outputs (they go stale as the heads
                                      # move); "pooled": queue pooled encoder outputs and the frozen text
                                      # embeddings, re-projected through the current heads at every step
 
     # --- optimisation ------------------------------------------------------------------------
-    batch_size: int = 128            # per micro-batch (effective batch = batch_size * accumulation_steps)
-    accumulation_steps: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
+    batch_size: int = 128            # recipe: batches of 128+, per micro-batch (effective batch =
+    accumulation_steps: int = 1      # batch_size * accumulation_steps: raise it when 128 does not fit)
+    lr: float = 3e-4                 # recipe: lr 3e-4
+    weight_decay: float = 1e-4       # recipe: weight decay 1e-4
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # CLIP's beta2 (steadier at large batch)
     warmup_steps: int = 500
     min_lr_ratio: float = 0.1        # cosine decays to lr * min_lr_ratio at max_steps
@@ -144,11 +183,12 @@ class TrainConfig:
 
     # --- bookkeeping -------------------------------------------------------------------------
     eval_every: int = 500
-    log_every: int = 10
+    log_every: int = 20
     ckpt_every: int = 1000
     keep_checkpoints: int = 3        # periodic step-N checkpoints kept besides last
     best_metric: str = "auto"        # val metric that picks best.safetensors (what `eval` scores): auto =
                                      # ret1_v2t (higher is better) with a CLIP loss, else ce (lower is better)
+    samples: SampleBudget = field(default_factory=SampleBudget)  # schedule in samples (wins over steps)
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
 
@@ -176,6 +216,11 @@ class TrainConfig:
             raise ConfigError("token_init: pretrained needs tokenizer: wordpiece (the text model's own ids)")
         if self.decoder_reads_embedding and self.shared_head:
             raise ConfigError("decoder_reads_embedding needs the dedicated heads (shared_head: false)")
+        if self.text_encoder not in ("frozen", "finetune"):
+            raise ConfigError(f"text_encoder must be 'frozen' or 'finetune', got {self.text_encoder!r}")
+        if self.text_encoder == "finetune" and self.loss_weights.clip <= 0:
+            raise ConfigError("text_encoder: finetune trains the text model through the CLIP loss: "
+                              "loss_weights.clip must be > 0")
         if self.tokenizer not in ("wordpiece", "word"):
             raise ConfigError(f"tokenizer must be 'wordpiece' or 'word', got {self.tokenizer!r}")
         if self.precision not in ("auto", "fp16", "bf16", "fp32"):
@@ -244,131 +289,37 @@ class TrainConfig:
         in_range("augment.finger_noise", 0)
         in_range("augment.yaw_deg", 0, 90, high_in=True)
         in_range("token_dropout", 0, 1)
+        in_range("text_encoder_layers", 0)
+        in_range("text_encoder_lr_scale", 0, low_in=False)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "loss_weights": dict(self.loss_weights)}  # plain dict: YAML-safe
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading: YAML files and key=value overrides, both type-checked against the dataclasses.
-
-def _hints(cls) -> dict[str, typing.Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value, tp, key: str):
-    """Check (and minimally convert) a parsed YAML value against a dataclass field type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[]") for v in value]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if value is None:  # YAML reads a bare `none`/`null`/`~` as null: settings spell "none" for off
-            value = "none"
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported field type {tp}")
-
-
-def _merge(obj, updates: dict, prefix: str = "") -> None:
-    """Apply a nested dict onto a dataclass instance in place, checking keys and types."""
-    hints = _hints(type(obj))
-    for key, value in updates.items():
-        full = prefix + key
-        if key not in hints:
-            valid = ", ".join(prefix + k for k in hints)
-            raise ConfigError(f"unknown config key {full!r}; valid keys: {valid}")
-        current = getattr(obj, key)
-        if isinstance(current, LossWeights):  # name -> weight, names checked against the registry
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full}: expected a mapping of loss name -> weight, e.g. {dict(DEFAULT_LOSS_WEIGHTS)}")
-            for name, weight in value.items():
-                if name not in loss_names():
-                    valid = ", ".join(f"{full}.{n}" for n in loss_names())
-                    raise ConfigError(f"unknown config key {f'{full}.{name}'!r}; valid keys: {valid}")
-                current[name] = _coerce(weight, float, f"{full}.{name}")
-        elif dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{full}: expected a mapping of {list(_hints(type(current)))}")
-            _merge(current, value, full + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], full))
-
-
-def parse_override(text: str) -> dict:
-    """'a.b=value' -> {'a': {'b': value}} with the value parsed as YAML (so 1e-4, true, [a, b] work)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key=value")
-    key, raw = text.split("=", 1)
-    raw = raw.strip()
-    value = None if raw in ("", "None", "none") else yaml.safe_load(raw)
-    out: dict = {}
-    node = out
-    parts = key.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    return out
-
-
-def load_config(paths: str | Path | list | tuple | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Defaults <- each YAML file in order <- each `key=value` override. Validated at the end."""
-    if paths is None:
-        paths = []
-    elif isinstance(paths, (str, Path)):
-        paths = [paths]
-    cfg = TrainConfig()
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:  # safe_load: a !!python/object tag is an error here, never code that runs
-            data = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}; fix the file") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        try:
-            _merge(cfg, data)
-        except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
-    for o in overrides:
-        try:
-            _merge(cfg, parse_override(o))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {o!r}: its value is not valid YAML: {' '.join(str(e).split())}") from None
+def load_config(paths: str | Path | list | tuple | None = None, overrides: list = ()) -> TrainConfig:
+    """Defaults <- each YAML file in order <- each override (`key=value`, or a nested mapping).
+    A sample budget (`samples.*`) is then turned into steps. Validated at the end."""
+    cfg = settings.load(TrainConfig, paths, overrides)
+    cfg.samples.apply(cfg)
     cfg.validate()
     return cfg
+
+
+# Settings added after runs already existed, each with the value that reproduces those runs. A
+# saved config that lacks one was trained without it: it must not pick up today's default (e.g. an
+# old run evaluated with canonical_hand "right" would see mirrored clips it never trained on).
+ABSENT_IN_OLD_RUNS = {
+    "adapt_samples_per_label": False, "canonical_hand": "none", "decoder_reads_embedding": False,
+    "token_dropout": 0.0, "queue_keys": "projected", "text_encoder": "frozen",
+    "augment": {"time_warp": 0.0, "path_offset": 0.0, "hand_rotate_deg": 0.0, "finger_noise": 0.0,
+                "yaw_deg": 0.0},
+}
 
 
 def config_from_dict(data: dict) -> TrainConfig:
     """Rebuild a config saved with `to_dict` (e.g. a run's config.yaml)."""
     cfg = TrainConfig()
-    _merge(cfg, data)
+    settings.merge(cfg, ABSENT_IN_OLD_RUNS)
+    settings.merge(cfg, data)
     cfg.validate()
     return cfg

@@ -2,396 +2,32 @@
 
     data = KeypointData(cache_dir, cfg, device)        # all samples in memory (GPU when it fits)
     data = load_data(cache_dir, cfg, device)           # ... or streamed from the cache (cfg.stream)
-    sampler = PKBatchSampler(...)                      # label-aware, length-bucketed, seeded
-    batch = data.batch(next(sampler), augment=rng)     # (B, T, F) features + masks + text, no Python loop
+    sampler = PKBatchSampler(...)                      # s2t.sampler: label-aware, length-bucketed, seeded
+    batch = data.batch(rows, gen, device_gen)          # (B, T, F) features + masks + text, no Python loop
     for batch in data.iterate("val", 64): ...          # deterministic evaluation batches
 
-Per frame, the model sees (in `cfg.components` order):
-    normalised xyz of every point           shoulder-centred, divided by the shoulder width
-    hands again, relative to their wrist    hand shape independent of where the hand is
-    one presence flag per component         missing points are 0, the flag says "not detected"
-The normalisation (numpy, once per sample) and the feature assembly (torch, per batch) are the
-same functions that `translate` applies to one new sample, so training and inference agree.
+What the features of a frame are: s2t.frames; the augmentation: s2t.augment.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 import math
 import queue
-import re
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from preprocess.layout import COMPONENT_SIZES, COMPONENTS, POSE_INDEX, WRIST
+from preprocess.layout import COMPONENT_SIZES, COMPONENTS
+from preprocess.store import KeypointReader
 
-HANDS = ("left_hand", "right_hand")
-_L_SHOULDER, _R_SHOULDER = POSE_INDEX["left_shoulder"], POSE_INDEX["right_shoulder"]
-# Shoulder width (image-normalised units) assumed for a lone sample in which no shoulder is ever
-# seen: about a signer framed from the hips up. Only used when nothing better exists.
-_FALLBACK_WIDTH = 0.3
-_CHUNK = 1 << 18  # frames normalised per numpy step on load (bounds the float32 temporaries)
-
-
-# ------------------------------------------------------------------------------------------
-# Normalisation and features (shared with translation)
-
-def feature_dim(components) -> int:
-    points = sum(COMPONENT_SIZES[c] for c in components)
-    hands = sum(COMPONENT_SIZES[c] for c in components if c in HANDS)
-    return 3 * points + 3 * hands + len(components)
-
-
-def _shoulders(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    left = pose[:, _L_SHOULDER, :2].astype(np.float32)
-    right = pose[:, _R_SHOULDER, :2].astype(np.float32)
-    width = np.linalg.norm(left - right, axis=1)
-    return (left + right) / 2, width, np.isfinite(width) & (width > 1e-4)
-
-
-def good_shoulder_widths(pose: np.ndarray) -> np.ndarray:
-    """The shoulder widths of the frames of `pose` (F, 33, 3) where both shoulders were seen."""
-    _, width, good = _shoulders(pose)
-    return width[good]
-
-
-def shoulder_frames(pose: np.ndarray, offsets: np.ndarray,
-                    global_width: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame centre (F, 2) and width (F,) from the two shoulders of `pose` (F, 33, 3).
-
-    Frames without both shoulders take the median of their sample's good frames; a sample with
-    no good frame at all takes the median point of its pose as centre and `global_width`: by
-    default the median width of the other samples (or _FALLBACK_WIDTH when alone); a reader that
-    sees one sample at a time passes the whole cache's median (see StreamingKeypointData)."""
-    centre, width, good = _shoulders(pose)
-    if good.all():
-        return centre, width
-    n = len(offsets) - 1
-    sample_of = np.searchsorted(offsets, np.flatnonzero(~good), side="right") - 1
-    if global_width is None:
-        global_width = float(np.median(width[good])) if good.any() else _FALLBACK_WIDTH
-    for i in np.unique(sample_of):  # once at load time, only samples with missing shoulders
-        a, b = offsets[i], offsets[i + 1]
-        ok = good[a:b]
-        if ok.any():
-            c, w = np.median(centre[a:b][ok], axis=0), np.median(width[a:b][ok])
-        else:
-            pts = pose[a:b, :, :2].reshape(-1, 2).astype(np.float32)
-            pts = pts[np.isfinite(pts).all(1)]
-            c = np.median(pts, axis=0) if len(pts) else np.full(2, 0.5, np.float32)
-            w = global_width
-        centre[a:b][~ok] = c
-        width[a:b][~ok] = w
-    assert n >= 0
-    return centre, width
-
-
-def normalise_points(frames: dict[str, np.ndarray], pose: np.ndarray, offsets: np.ndarray,
-                     components, global_width: float | None = None) -> np.ndarray:
-    """Shoulder-centred, shoulder-width-scaled points of `components`, concatenated:
-    (F, sum P, 3) float16 with NaN where missing. frames[c]: (F, P_c, 3); pose: (F, 33, 3)."""
-    centre, width = shoulder_frames(pose, offsets, global_width)
-    total = len(pose)
-    out = np.empty((total, sum(COMPONENT_SIZES[c] for c in components), 3), dtype=np.float16)
-    for a in range(0, total, _CHUNK):
-        b = min(total, a + _CHUNK)
-        shift = np.zeros((b - a, 1, 3), np.float32)
-        shift[:, 0, :2] = centre[a:b]
-        scale = width[a:b, None, None]
-        pts = np.concatenate([frames[c][a:b].astype(np.float32) for c in components], axis=1)
-        out[a:b] = (pts - shift) / scale  # z is not centred: MediaPipe gives it relative already
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# Handedness: a left-handed signer mirrored into a right-handed one
-
-# MediaPipe pose points 0-32 and their mirror partner (left <-> right landmark of the same kind).
-POSE_MIRROR = np.array([0, 4, 5, 6, 1, 2, 3, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15, 18, 17, 20, 19,
-                        22, 21, 24, 23, 26, 25, 28, 27, 30, 29, 32, 31])
-HAND_CHOICES = ("none", "right")
-
-
-def dominant_left(pose: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """(n,) bool: which samples are signed mainly with the left hand. The dominant hand signs the
-    one-handed signs and leads the two-handed ones, so over a sentence it is held higher (the other
-    hand rests low or serves as a base) and travels further. Score per sample: how much higher the
-    left wrist is held than the right (shoulder widths, mean over frames) + the left wrist's share
-    of the two wrists' path minus one half. Pose wrists are used: MediaPipe reports them in every
-    frame where the body is seen. On the `signers` corpus this picks the signing hand in 99.4% of
-    left-handed and 99.8% of right-handed clips (the path alone: 88% / 85%)."""
-    n = len(offsets) - 1
-    if n == 0 or len(pose) == 0:
-        return np.zeros(n, bool)
-    p = pose[:, :, :2].astype(np.float32)
-    left, right = p[:, POSE_INDEX["left_wrist"]], p[:, POSE_INDEX["right_wrist"]]
-    centre, width, good = _shoulders(pose)
-    first = offsets[:-1]
-
-    def per_sample_mean(v: np.ndarray) -> np.ndarray:
-        ok = np.isfinite(v)
-        total = np.add.reduceat(np.where(ok, v, 0.0), first) if len(v) else np.zeros(n)
-        count = np.add.reduceat(ok.astype(np.float32), first) if len(v) else np.zeros(n)
-        return np.where(count > 0, total / np.maximum(count, 1), 0.0)
-
-    lifted = np.where(good, (right[:, 1] - left[:, 1]) / np.where(good, width, 1), np.nan)  # y grows downwards
-    step = np.linalg.norm(np.diff(np.stack([left, right], 1), axis=0), axis=-1)  # (F-1, 2)
-    step = np.concatenate([np.zeros((1, 2), np.float32), np.nan_to_num(step, nan=0.0)])
-    step[first] = 0  # no step across a sample boundary
-    travelled = np.stack([np.add.reduceat(step[:, k], first) for k in (0, 1)], 1)
-    share = travelled[:, 0] / np.maximum(travelled.sum(1), 1e-9)
-    return per_sample_mean(lifted) + np.where(travelled.sum(1) > 0, share - 0.5, 0.0) > 0
-
-
-def mirror_permutation(components) -> np.ndarray:
-    """Index permutation of the concatenated points of `components` that swaps every left
-    landmark with its right partner (pose pairs and the two hands). Face points keep their
-    indices (their mirror pairs are not part of MediaPipe's layout): only their x is reflected."""
-    if ("left_hand" in components) != ("right_hand" in components):
-        raise ValueError("canonical_hand needs both hands or neither among the components "
-                         f"(mirroring swaps them), got {list(components)}")
-    starts, at = {}, 0
-    for c in components:
-        starts[c] = at
-        at += COMPONENT_SIZES[c]
-    perm = np.arange(at)
-    if "pose" in components:
-        perm[starts["pose"]:starts["pose"] + 33] = starts["pose"] + POSE_MIRROR
-    if "left_hand" in components:
-        left, right = starts["left_hand"], starts["right_hand"]
-        perm[left:left + 21], perm[right:right + 21] = np.arange(right, right + 21), np.arange(left, left + 21)
-    return perm
-
-
-def canonicalise_hands(points: np.ndarray, present: np.ndarray, pose: np.ndarray, offsets: np.ndarray,
-                       components, canonical_hand: str) -> np.ndarray:
-    """Mirror, in place, the samples signed mainly with the left hand so that every sample is
-    signed with the right: x negated about the shoulder midline (points are already centred there)
-    and left/right landmarks swapped, presence flags too. The same function runs at training,
-    evaluation and `translate`. Returns the (n,) mirrored flags."""
-    n = len(offsets) - 1
-    if canonical_hand == "none":
-        return np.zeros(n, bool)
-    if canonical_hand not in HAND_CHOICES:
-        raise ValueError(f"canonical_hand must be one of {HAND_CHOICES}, got {canonical_hand!r}")
-    flip = dominant_left(pose, offsets)
-    if not flip.any():
-        return flip
-    frames = np.repeat(flip, np.diff(offsets))
-    perm = mirror_permutation(components)
-    mirrored = points[frames][:, perm]
-    mirrored[..., 0] *= -1
-    points[frames] = mirrored
-    cols = list(components)
-    if "left_hand" in cols:
-        a, b = cols.index("left_hand"), cols.index("right_hand")
-        present[frames, a], present[frames, b] = present[frames, b], present[frames, a].copy()
-    return flip
-
-
-def feature_columns(components) -> dict[str, list[slice]]:
-    """Which feature columns (of `frame_features`' output) belong to each component."""
-    cols: dict[str, list[slice]] = {c: [] for c in components}
-    at = 0
-    for c in components:  # absolute coordinates
-        cols[c].append(slice(at, at + 3 * COMPONENT_SIZES[c]))
-        at += 3 * COMPONENT_SIZES[c]
-    for c in components:  # wrist-relative hands
-        if c in HANDS:
-            cols[c].append(slice(at, at + 3 * COMPONENT_SIZES[c]))
-            at += 3 * COMPONENT_SIZES[c]
-    for c in components:  # presence flags
-        cols[c].append(slice(at, at + 1))
-        at += 1
-    return cols
-
-
-def frame_features(points: torch.Tensor, present: torch.Tensor, components) -> torch.Tensor:
-    """(B, T, P, 3) float32 normalised points (NaN missing) + (B, T, C) presence -> (B, T, F)."""
-    parts = [points.flatten(2)]
-    at = 0
-    for c in components:
-        size = COMPONENT_SIZES[c]
-        if c in HANDS:
-            hand = points[:, :, at:at + size]
-            parts.append((hand - hand[:, :, WRIST:WRIST + 1]).flatten(2))
-        at += size
-    parts.append(present.to(points.dtype))
-    return torch.nan_to_num_(torch.cat(parts, dim=2), nan=0.0)
-
-
-def uniform_frame_indices(n: int, max_frames: int) -> np.ndarray:
-    """Indices of at most max_frames frames spread uniformly over n (all of them when n fits)."""
-    t = min(n, max_frames)
-    return np.floor((np.arange(t) + 0.5) * n / t).astype(np.int64)
-
-
-def normalise_keypoints(keypoints: np.ndarray, components, max_frames: int | None = None,
-                        canonical_hand: str = "none") -> np.ndarray:
-    """One sample (T, 543, 3|4) in the MediaPipe layout -> model input features (T', F) float32,
-    exactly as the evaluation batches compute them (same float16 rounding, same subsampling,
-    same handedness canonicalisation)."""
-    from preprocess.layout import COMPONENT_SLICES
-
-    kp = np.asarray(keypoints, dtype=np.float32)[..., :3]
-    if kp.ndim != 3 or kp.shape[1] != 543:
-        raise ValueError(f"keypoints must be (T, 543, 3), got {kp.shape}")
-    if max_frames is not None:
-        kp = kp[uniform_frame_indices(len(kp), max_frames)]
-    frames = {c: kp[:, COMPONENT_SLICES[c]].astype(np.float16) for c in COMPONENTS}
-    offsets = np.array([0, len(kp)])
-    points = normalise_points(frames, frames["pose"], offsets, components)
-    present = np.stack([~np.isnan(frames[c]).all(axis=(1, 2)) for c in components], axis=1)
-    canonicalise_hands(points, present, frames["pose"], offsets, components, canonical_hand)
-    x = frame_features(torch.from_numpy(points).float()[None], torch.from_numpy(present)[None], components)
-    return x[0].numpy()
-
-
-# ------------------------------------------------------------------------------------------
-# Vocabulary: tokenizer ids <-> the decoder's (optionally compacted) model ids
-
-_WORD_RE = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
-
-
-def words_of(text: str) -> list[str]:
-    return _WORD_RE.findall(text.lower())
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(name: str):
-    from preprocess.text import load_tokenizer
-    return load_tokenizer(name)
-
-
-@dataclass
-class Vocab:
-    kind: str                # "wordpiece" (ids of `tokenizer`) or "word" (ids index `words`)
-    token_ids: np.ndarray    # (V,) real token id of each model id
-    pad: int                 # model ids of the specials
-    bos: int
-    eos: int
-    unk: int
-    tokenizer: str | None = None
-    words: list[str] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.token_ids)
-
-    def to_model(self, real_ids: np.ndarray) -> np.ndarray:
-        lut = np.full(int(max(real_ids.max(initial=0), self.token_ids.max())) + 1, self.unk, np.int64)
-        lut[self.token_ids] = np.arange(self.size)
-        return lut[real_ids]
-
-    def decode(self, sequences: list[list[int]]) -> list[str]:
-        """Real token ids (as `SignTranslator.generate` returns them) -> strings."""
-        if self.kind == "word":
-            return [" ".join(self.words[i] for i in seq) for seq in sequences]
-        return _tokenizer(self.tokenizer).batch_decode(sequences, skip_special_tokens=True)
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind, "token_ids": self.token_ids.tolist(), "pad": self.pad, "bos": self.bos,
-                "eos": self.eos, "unk": self.unk, "tokenizer": self.tokenizer, "words": self.words}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Vocab":
-        return cls(**{**d, "token_ids": np.asarray(d["token_ids"], dtype=np.int64)})
-
-
-def build_vocab(cfg, text_arrays, texts: np.ndarray, train_rows: np.ndarray) -> Vocab:
-    """The decoder vocabulary: the tokenizer's ids (compacted to those in the training split
-    when cfg.compact_vocab), or for cfg.tokenizer == "word" the words of the training split."""
-    if cfg.tokenizer == "word":
-        seen = sorted({w for i in train_rows for w in words_of(texts[i])})
-        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + seen
-        return Vocab("word", np.arange(len(words)), pad=0, unk=1, bos=2, eos=3, words=words)
-    from preprocess.text import load_tokenizer
-
-    tok = load_tokenizer(text_arrays.tokenizer)
-    specials = [tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id]
-    if cfg.compact_vocab:
-        ids = _truncate(np.asarray(text_arrays.input_ids, np.int64)[train_rows], cfg.max_text_len, specials[3])
-        real = np.union1d(np.unique(ids), specials)
-    else:
-        real = np.arange(len(tok))
-    model_of = {int(r): i for i, r in enumerate(real)}
-    return Vocab("wordpiece", real.astype(np.int64), pad=model_of[specials[0]], unk=model_of[specials[1]],
-                 bos=model_of[specials[2]], eos=model_of[specials[3]], tokenizer=text_arrays.tokenizer)
-
-
-def _truncate(ids: np.ndarray, max_len: int, eos: int) -> np.ndarray:
-    """Cut [CLS] ... [SEP] rows to max_len; a cut sentence still ends with [SEP]."""
-    if ids.shape[1] <= max_len:
-        return ids.copy()
-    cut = ids[:, :max_len].copy()
-    cut[(ids[:, max_len:] != 0).any(1), max_len - 1] = eos
-    return cut
-
-
-def rebind_vocab(vocab: Vocab | None, text_arrays) -> Vocab | None:
-    """A run's vocabulary names its tokenizer as found at training. A tokenizer trained into the
-    cache (`tokenizer: train`) is a folder of its text store: after the cache moved, the same text
-    store (same name = same fingerprint = same vocabulary) is found at its new place, and the
-    vocabulary is pointed there. Anything else is returned as it is."""
-    if (vocab is None or vocab.kind != "wordpiece" or vocab.tokenizer == text_arrays.tokenizer
-            or not text_arrays.meta.get("tokenizer_folder")):
-        return vocab
-    old, new = Path(str(vocab.tokenizer)), Path(str(text_arrays.tokenizer))
-    if old.parts[-2:] != new.parts[-2:]:  # text-<fingerprint>/tokenizer
-        return vocab
-    return dataclasses.replace(vocab, tokenizer=text_arrays.tokenizer)
-
-
-def encode_texts(vocab: Vocab, text_arrays, texts: np.ndarray, max_len: int) -> np.ndarray:
-    """Every sample's model-id sequence (n, L) [BOS] ... [EOS] PAD in `vocab`."""
-    if vocab.kind == "word":
-        index = {w: i for i, w in enumerate(vocab.words)}
-        ids = np.full((len(texts), max_len), vocab.pad, np.int64)
-        for i, t in enumerate(texts):  # load time only
-            seq = [vocab.bos] + [index.get(w, vocab.unk) for w in words_of(t)][: max_len - 2] + [vocab.eos]
-            ids[i, :len(seq)] = seq
-        return ids
-    if text_arrays.tokenizer != vocab.tokenizer:
-        raise ValueError(f"the cache's text store uses tokenizer {text_arrays.tokenizer!r} but the "
-                         f"vocabulary was built for {vocab.tokenizer!r}")
-    real_eos = int(vocab.token_ids[vocab.eos])
-    return vocab.to_model(_truncate(np.asarray(text_arrays.input_ids, np.int64), max_len, real_eos))
-
-
-@functools.lru_cache(maxsize=8)
-def _arm_groups(components: tuple) -> dict:
-    """Point positions (in the concatenation of `components`) of each arm with its hand, and the
-    first point of each hand: what `_personal_style` moves together."""
-    starts, at = {}, 0
-    for c in components:
-        starts[c] = at
-        at += COMPONENT_SIZES[c]
-    arms = []
-    for side, pose_points in (("left", (13, 15, 17, 19, 21)), ("right", (14, 16, 18, 20, 22))):
-        idx = [starts["pose"] + i for i in pose_points] if "pose" in starts else []
-        if f"{side}_hand" in starts:
-            idx += range(starts[f"{side}_hand"], starts[f"{side}_hand"] + 21)
-        if idx:
-            arms.append(torch.tensor(idx))
-    hands = [h for h in HANDS if h in starts]
-    wrists = {"left_hand": POSE_INDEX["left_wrist"], "right_hand": POSE_INDEX["right_wrist"]}
-    return {"arms": arms, "hands": [starts[h] for h in hands], "pose": starts.get("pose"),
-            "hand_wrists": [wrists[h] if "pose" in starts else None for h in hands]}
-
-
-def _rotation_matrices(axis: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) rotations by angle (B,) about unit axis (B, 3) (Rodrigues)."""
-    zero = torch.zeros_like(angle)
-    x, y, z = axis.unbind(1)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], 1).reshape(-1, 3, 3)
-    eye = torch.eye(3, device=axis.device).expand_as(k)
-    s, c = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
-    return eye + s * k + (1 - c) * (k @ k)
+from .augment import affine, arm_groups, dropout, personal_style
+from .frames import (FALLBACK_WIDTH, canonicalise_hands, feature_dim, frame_features, good_shoulder_widths,
+                     normalise_points, planar_frame_features, planar_points)
+from .vocab import Vocab, build_vocab, encode_texts, rebind_vocab
 
 
 # ------------------------------------------------------------------------------------------
@@ -406,6 +42,8 @@ class Batch:
     label: torch.Tensor     # (B,) SupCon group
     text_id: torch.Tensor   # (B,) sentence identity: CLIP positives
     index: torch.Tensor     # (B,) row in the cache
+    text_ids: torch.Tensor | None = None        # (B, Lt) the text model's token ids (text_encoder: finetune only)
+    text_attention: torch.Tensor | None = None  # (B, Lt) 1 on real tokens of text_ids
 
 
 class KeypointData:
@@ -458,16 +96,22 @@ class KeypointData:
         self.label_np = label.astype(np.int64)
 
         # Where the big arrays live: on the GPU when they fit (gather there), else pinned host memory.
-        self.store = self._placement(self._resident_bytes() + tx.embeddings.nbytes)
-        pin = self.store.type == "cpu" and self.device.type == "cuda"
+        self.resident_device = self._placement(self._resident_bytes() + tx.embeddings.nbytes)
+        pin = self.resident_device.type == "cpu" and self.device.type == "cuda"
         put = (lambda a: torch.from_numpy(np.ascontiguousarray(a)).pin_memory()) if pin else \
-              (lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.store))
+              (lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.resident_device))
         self._place_keypoints(put)
         self.n_frames = torch.from_numpy(self.lengths.copy())
         self.tokens = put(tokens)
         self.text_emb = put(np.asarray(tx.embeddings, np.float32))
         self.label = put(label.astype(np.int64))
         self.text_id = put(text_id.astype(np.int64))
+        self.text_ids = self.text_attention = None  # the text tower's inputs: only when it is fine-tuned
+        if getattr(cfg, "text_encoder", "frozen") == "finetune":
+            from .text_tower import tower_inputs
+            ids, attention = tower_inputs(tx, self.texts)
+            self.text_ids, self.text_attention = put(ids), put(attention)
+            self.tower_lengths = attention.sum(1)
 
     # -- where the keypoints come from (StreamingKeypointData overrides these four)
     def _open_keypoints(self, cache) -> None:
@@ -561,23 +205,33 @@ class KeypointData:
         points_table, present_table, first = self._frames_of(idx, frames)
         flat, mask = self.frame_index(idx, gen, first)
         flat = flat.to(points_table.device)
-        points = self._gather(points_table, flat).float()  # (B, T, P, 3)
+        points = self._gather(points_table, flat)  # (B, T, P, 3) float16
+        if augment:  # float32 planes: the augmentation's per-coordinate ops run over contiguous rows
+            points, planes = planar_points(points, self.components)
+        else:
+            points = points.float()
         present = self._gather(present_table, flat)
         mask = mask.to(dev, non_blocking=True)
         if augment:
-            points = self._affine(points, device_gen)
-            points = self._personal_style(points, device_gen)
-        x = frame_features(points, present, self.components)
+            points = affine(points, self.cfg.augment, device_gen)
+            points = personal_style(points, self.cfg.augment, arm_groups(tuple(self.components)), device_gen)
         if augment:
-            mask = self._drop(x, mask, device_gen)
-        rows = torch.from_numpy(np.asarray(idx, np.int64)).to(self.store)
+            x = planar_frame_features(points, planes, present, self.components)
+            mask = dropout(x, mask, self.cfg.augment, self.components, device_gen)
+        else:
+            x = frame_features(points, present, self.components)
+        rows = torch.from_numpy(np.asarray(idx, np.int64)).to(self.resident_device)
         L = int(self.token_lengths[idx].max())
 
         def pick(a):
             return self._gather(a, rows)
 
-        return Batch(x=x, mask=mask, tokens=pick(self.tokens)[:, :L], text_emb=pick(self.text_emb),
-                     label=pick(self.label), text_id=pick(self.text_id), index=rows.to(dev))
+        batch = Batch(x=x, mask=mask, tokens=pick(self.tokens)[:, :L], text_emb=pick(self.text_emb),
+                      label=pick(self.label), text_id=pick(self.text_id), index=rows.to(dev))
+        if self.text_ids is not None:
+            Lt = int(self.tower_lengths[idx].max())
+            batch.text_ids, batch.text_attention = pick(self.text_ids)[:, :Lt], pick(self.text_attention)[:, :Lt]
+        return batch
 
     def _gather(self, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """table[index] on the training device. From pinned host memory (data too big for the GPU)
@@ -587,110 +241,6 @@ class KeypointData:
         out = torch.empty(index.shape + table.shape[1:], dtype=table.dtype, pin_memory=True)
         torch.index_select(table, 0, index.reshape(-1), out=out.view(-1, *table.shape[1:]))
         return out.to(self.device, non_blocking=True)
-
-    def _affine(self, points: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Per-sample random rotation + scale + shift in the image plane (z scaled alike), in place
-        on the freshly gathered points (strided in-place ops: no (B, T, P, 3) temporaries)."""
-        aug, B = self.cfg.augment, points.shape[0]
-        u = torch.rand(B, 4, generator=g, device=points.device)
-        theta = math.radians(aug.rotate_deg) * (2 * u[:, 0] - 1)
-        scale = 1 + aug.scale * (2 * u[:, 1] - 1)
-
-        def per(v):
-            return v[:, None, None]
-
-        cos, sin = per(torch.cos(theta) * scale), per(torch.sin(theta) * scale)
-        shift = aug.shift * (2 * u[:, 2:4] - 1)
-        x, y, z = points[..., 0], points[..., 1], points[..., 2]
-        x_old = x.clone()
-        x.mul_(cos).addcmul_(y, -sin).add_(per(shift[:, 0]))
-        y.mul_(cos).addcmul_(x_old, sin).add_(per(shift[:, 1]))
-        z.mul_(per(scale))
-        return points
-
-    def _personal_style(self, points: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Make each sample look signed by another person (augment.path_offset, hand_rotate_deg,
-        finger_noise; each off at 0 and then draws nothing): a slow drift of each arm and hand,
-        each hand turned about its wrist, and each finger point shifted by a constant offset
-        from the wrist (another person's handshape). Points (B, T, P, 3), NaN stays NaN."""
-        aug, (B, T) = self.cfg.augment, points.shape[:2]
-        groups = _arm_groups(tuple(self.components))
-        dev = points.device
-        if aug.path_offset > 0 and groups["arms"]:
-            time = torch.linspace(0, 1, T, device=dev)
-            for arm in groups["arms"]:
-                u = torch.rand(B, 3, 3, generator=g, device=dev)  # amplitude, frequency, phase per axis
-                amp = aug.path_offset * (2 * u[:, 0] - 1)
-                wave = torch.sin(2 * math.pi * ((0.5 + u[:, 1, :, None]) * time + u[:, 2, :, None]))
-                points[:, :, arm] += (amp[:, :, None] * wave).transpose(1, 2)[:, :, None]
-        if aug.yaw_deg > 0 and groups["pose"] is not None:
-            points = self._yaw(points, groups, math.radians(aug.yaw_deg), g)
-        for start in groups["hands"]:
-            hand = points[:, :, start:start + 21]
-            if aug.hand_rotate_deg == 0 and aug.finger_noise == 0:
-                # nothing to turn or shift: wrist + (hand - wrist) as below (with its rounding, so the
-                # batches stay the same), in place, the wrist tiled to the hand's shape (fast broadcasting)
-                wrist = hand[:, :, 0].repeat(1, 1, 21).view(hand.shape)
-                hand.sub_(wrist).add_(wrist)
-                continue
-            wrist = hand[:, :, :1]
-            rel = hand - wrist
-            if aug.hand_rotate_deg > 0:
-                axis = torch.nn.functional.normalize(torch.randn(B, 3, generator=g, device=dev), dim=1)
-                angle = math.radians(aug.hand_rotate_deg) * (2 * torch.rand(B, generator=g, device=dev) - 1)
-                rel = rel @ _rotation_matrices(axis, angle).transpose(1, 2)[:, None]
-            if aug.finger_noise > 0:
-                shift = aug.finger_noise * torch.randn(B, 1, 21, 3, generator=g, device=dev)
-                shift[:, :, 0] = 0  # the wrist stays where it is
-                rel = rel + shift
-            points[:, :, start:start + 21] = wrist + rel
-        return points
-
-    @staticmethod
-    def _yaw(points: torch.Tensor, groups: dict, max_angle: float, g: torch.Generator) -> torch.Tensor:
-        """Another camera viewpoint: the body turned about the vertical axis by up to max_angle.
-        Pose points turn about the shoulder midline (x is centred there, z is MediaPipe's depth
-        relative to the hips); each hand turns about its own wrist and moves with the pose wrist
-        (MediaPipe gives hand z relative to the wrist). Mirroring a left-handed signer also mirrors
-        their viewpoint, so seen yaws must cover both signs."""
-        B, dev = points.shape[0], points.device
-        angle = max_angle * (2 * torch.rand(B, generator=g, device=dev) - 1)
-        cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
-
-        def turn(x, z):
-            return x * cos + z * sin, z * cos - x * sin
-
-        pose = slice(groups["pose"], groups["pose"] + 33)
-        old_x = points[:, :, pose, 0].clone()
-        points[:, :, pose, 0], points[:, :, pose, 2] = turn(points[:, :, pose, 0], points[:, :, pose, 2])
-        for start, wrist in zip(groups["hands"], groups["hand_wrists"]):
-            if wrist is None:
-                continue
-            hand = points[:, :, start:start + 21]
-            rel_x, rel_z = turn(hand[..., 0] - hand[:, :, :1, 0], hand[..., 2] - hand[:, :, :1, 2])
-            moved = (points[:, :, groups["pose"] + wrist, 0] - old_x[:, :, wrist])[..., None]
-            points[:, :, start:start + 21, 0] = hand[:, :, :1, 0] + moved + rel_x
-            points[:, :, start:start + 21, 2] = hand[:, :, :1, 2] + rel_z
-        return points
-
-    def _drop(self, x: torch.Tensor, mask: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Whole-hand dropout (in place on the features: the hand reads as not detected) and frame
-        dropout (frames hidden from attention; frame 0 always stays so no sample is empty)."""
-        aug, B = self.cfg.augment, x.shape[0]
-        for c, cols in feature_columns(self.components).items():
-            if c in HANDS:
-                keep = torch.rand(B, generator=g, device=x.device) >= aug.hand_drop
-                if x.device.type == "cpu":  # only the dropped samples are touched (x * 1 is x)
-                    gone = torch.nonzero(~keep).flatten()
-                    if len(gone):
-                        for sl in cols:
-                            x[gone, :, sl] *= 0
-                    continue
-                for sl in cols:  # (on a GPU: no host sync)
-                    x[:, :, sl] *= keep.to(x.dtype)[:, None, None]
-        keep = torch.rand(mask.shape, generator=g, device=x.device) >= aug.frame_drop
-        keep[:, 0] = True
-        return mask & keep
 
     @torch.no_grad()
     def feature_stats(self, split: str = "train", batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -724,18 +274,50 @@ class StreamingKeypointData(KeypointData):
     holds at most cfg.memory_budget_mb; each sample is normalised exactly as the in-memory path does
     it (same float16 rounding, same whole-cache fallback shoulder width), so for the same rows and
     generators `batch` returns the same tensors. Labels, tokens and text embeddings (a few hundred
-    bytes to 1.5 kB per sample) stay in memory; only keypoints stream."""
+    bytes to 1.5 kB per sample) stay in memory; only keypoints stream.
+
+    whole_budget (evaluation): memory_budget_mb bounds everything this process holds beyond what it
+    held when the data was opened, not only the LRU. What the rest holds (`held_bytes`: the
+    per-sample arrays, the batches being read and the model pass on them, what the caller keeps,
+    what the allocator keeps of freed memory) is measured as the process's anonymous resident
+    memory beside the LRU, its highest value so far, sampled every WATCH_S on a thread and at every
+    read; the LRU is cut to the budget minus that at once (`_LRUReader.resize`), never below
+    MIN_BLOCKS blocks. Linux; elsewhere the LRU keeps the whole budget. Only which blocks are read
+    again changes, never a value read.
+    What glibc keeps of freed memory (holes in its heap) counts in the rest, so it shrinks the LRU;
+    MALLOC_EVAL = (mmap threshold, trim threshold) would also set glibc's malloc thresholds for the
+    process while it streams (`tune_malloc`, until `release`): arrays of 512 kB and more in memory
+    maps of their own, handed back when freed. Off: measured on a cache 4x the budget
+    (benchmarks/bench_eval_memory.py) it lowered the growth at a 64 MB budget from 1.17x to 1.04x
+    but made eval 1.6-1.7x slower (page faults) at 256 and 1024 MB, where it was 1.02x without."""
 
     streams = True
+    MIN_BLOCKS = 2       # the LRU's floor under whole_budget, in decoded blocks
+    MALLOC_EVAL = None   # whole_budget: (mmap, trim) thresholds for glibc's malloc while streaming, e.g.
+                         # (512 << 10, 4 << 20); None: leave them as glibc sets them (see above)
+    WATCH_S = 0.002      # whole_budget: how often the process's memory is sampled
+    NORMALISE_CHUNK = 2048  # frames per float32 step of normalise_points here (a few MB of temporaries)
+
+    def __init__(self, cache_dir, cfg, device="cpu", vocab: Vocab | None = None, whole_budget: bool = False):
+        self.whole_budget, self._opened_at = whole_budget, anon_bytes() if whole_budget else None
+        self.held_bytes, self._watch = 0, None
+        self._malloc_tuned = (whole_budget and self._opened_at is not None and self.MALLOC_EVAL is not None
+                              and tune_malloc(*self.MALLOC_EVAL))
+        super().__init__(cache_dir, cfg, device, vocab)
+        self._fit_lru()
+        if self._opened_at is not None:
+            self._watch = threading.Event()
+            threading.Thread(target=_watch_memory, args=(weakref.ref(self), self._watch, self.WATCH_S),
+                             name="eval-memory-watch", daemon=True).start()
 
     def _open_keypoints(self, cache) -> None:
         needed = list(dict.fromkeys(["pose", *self.components]))
-        self.reader = cache.keypoint_reader(needed, self.cfg.memory_budget_mb << 20)
+        self.reader = _LRUReader(cache, needed, self.cfg.memory_budget_mb << 20)
         # One pass over the poses for the median shoulder width (the fallback of a sample with no
         # shoulder in any frame) as the in-memory path computes it; 4 bytes per frame, freed at once.
         widths = [good_shoulder_widths(block["pose"]) for block in self.reader.scan(["pose"])]
         widths = np.concatenate(widths) if widths else np.zeros(0, np.float32)
-        self.global_width = float(np.median(widths)) if len(widths) else _FALLBACK_WIDTH
+        self.global_width = float(np.median(widths)) if len(widths) else FALLBACK_WIDTH
         self._present_cols = [COMPONENTS.index(c) for c in self.components]
 
     def _resident_bytes(self) -> int:
@@ -744,15 +326,48 @@ class StreamingKeypointData(KeypointData):
     def _place_keypoints(self, put) -> None:
         self.offsets = None  # no whole-cache table: every batch brings its own (read_frames)
 
+    def _fit_lru(self) -> None:
+        """whole_budget: the LRU's budget = memory_budget_mb - the most the rest was seen to hold."""
+        reader, now = getattr(self, "reader", None), anon_bytes() if self._opened_at is not None else None
+        if now is None or reader is None:
+            return
+        held = now - self._opened_at - reader.bytes_held
+        if held <= self.held_bytes and reader.budget < self.cfg.memory_budget_mb << 20:
+            return  # nothing new (the LRU was fitted to at least this much already)
+        self.held_bytes = max(self.held_bytes, held)
+        from preprocess import store
+
+        frame_bytes = sum(2 * 3 * COMPONENT_SIZES[n] for n in reader.names if n != "present") + len(COMPONENTS)
+        block = min(store.FRAME_CHUNK, int(reader.shard_frames.max(initial=1))) * frame_bytes
+        budget = self.cfg.memory_budget_mb << 20
+        reader.resize(max(min(self.MIN_BLOCKS * block, budget), budget - self.held_bytes))
+
+    def _read_samples(self, idx: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The samples idx back to back, each copied into its rows of one array per component as it
+        is read (no list of per-sample copies): ({component: (F, P, 3) float16}, presence (F, 4),
+        offsets (B + 1,))."""
+        self._fit_lru()
+        idx = np.asarray(idx, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.reader.lengths[idx])]).astype(np.int64)
+        names = [n for n in self.reader.names if n != "present"]
+        frames = {c: np.empty((offsets[-1], COMPONENT_SIZES[c], 3), np.float16) for c in names}
+        present = np.empty((offsets[-1], len(COMPONENTS)), bool)
+        for k, i in enumerate(idx):
+            sample, flags = self.reader.read(int(i))
+            a, b = offsets[k], offsets[k + 1]
+            for c in names:
+                frames[c][a:b] = sample[c]
+            present[a:b] = flags
+        return frames, present, offsets
+
     def read_frames(self, idx: np.ndarray):
         """Read and normalise samples idx: (points (F, P, 3) float16, presence (F, C), (B,) first
         row of each sample), pinned on CUDA so the copy to the GPU is asynchronous."""
-        samples = [self.reader.read(int(i)) for i in np.asarray(idx)]
         # the batch's samples back to back, then normalised in one call, as the in-memory path does
-        frames = {c: np.concatenate([f[c] for f, _ in samples]) for c in samples[0][0]}
-        offsets = np.concatenate([[0], np.cumsum([len(p) for _, p in samples])]).astype(np.int64)
-        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width)
-        present = np.concatenate([p for _, p in samples])[:, self._present_cols]
+        frames, present, offsets = self._read_samples(idx)
+        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width,
+                                  chunk=self.NORMALISE_CHUNK)
+        present = present[:, self._present_cols]
         canonicalise_hands(points, present, frames["pose"], offsets, self.components, self.cfg.canonical_hand)
         put = (lambda a: torch.from_numpy(a).pin_memory()) if self.device.type == "cuda" else torch.from_numpy
         return put(points), put(present), torch.from_numpy(offsets[:-1].copy())
@@ -765,23 +380,98 @@ class StreamingKeypointData(KeypointData):
         """Samples idx as filmed: `read_frames` without the handedness canonicalisation (what the
         keypoint baseline reads), on the CPU: (points (F, P, 3) float16, presence (F, C), (B,) first
         row of each sample). The same values as the in-memory table with its mirrored clips undone."""
-        samples = [self.reader.read(int(i)) for i in np.asarray(idx)]
-        frames = {c: np.concatenate([f[c] for f, _ in samples]) for c in samples[0][0]}
-        offsets = np.concatenate([[0], np.cumsum([len(p) for _, p in samples])]).astype(np.int64)
-        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width)
-        present = np.concatenate([p for _, p in samples])[:, self._present_cols]
+        frames, present, offsets = self._read_samples(idx)
+        points = normalise_points(frames, frames["pose"], offsets, self.components, self.global_width,
+                                  chunk=self.NORMALISE_CHUNK)
+        present = present[:, self._present_cols]
         return torch.from_numpy(points), torch.from_numpy(present), torch.from_numpy(offsets[:-1].copy())
 
     def release(self) -> None:
         """Drop the decoded blocks the reader holds (evaluation, after its last clip): a fresh reader
-        over the same cache and budget takes its place and reads again whatever is asked later."""
+        over the same cache and budget takes its place and reads again whatever is asked later; the
+        freed memory is handed back to the system (`trim_heap`)."""
+        if self._watch is not None:
+            self._watch.set()  # no reads past this point: nothing left to fit
         old = self.reader
-        self.reader = old.cache.keypoint_reader([n for n in old.names if n != "present"], old.budget)
+        self.reader = _LRUReader(old.cache, [n for n in old.names if n != "present"], old.budget)
+        del old
+        self._untune()
+        trim_heap()
+
+    def _untune(self) -> None:
+        if getattr(self, "_malloc_tuned", False):
+            tune_malloc(*MALLOC_DYNAMIC_CEILING)
+            self._malloc_tuned = False
+
+    def __del__(self):
+        try:
+            if getattr(self, "_watch", None) is not None:
+                self._watch.set()
+            self._untune()
+        except Exception:  # (at interpreter exit ctypes may be gone already)
+            pass
 
 
-def load_data(cache_dir, cfg, device="cpu", vocab: Vocab | None = None) -> KeypointData:
-    """The cache in memory, or streamed from it when cfg.stream."""
-    return (StreamingKeypointData if cfg.stream else KeypointData)(cache_dir, cfg, device, vocab=vocab)
+class _LRUReader(KeypointReader):
+    """The cache's KeypointReader, whose budget can also be lowered at once (`resize`)."""
+
+    def resize(self, budget: int) -> None:
+        """Set the LRU's budget; blocks beyond it go now (oldest first), not at the next read."""
+        with self._lock:
+            self.budget = budget
+            while self._blocks and self.bytes_held > budget:
+                _, old = self._blocks.popitem(last=False)
+                self.bytes_held -= sum(a.nbytes for a in old.values())
+
+
+def anon_bytes() -> int | None:
+    """This process's anonymous resident memory (Linux: RssAnon of /proc/self/status: heap and
+    anonymous maps, where arrays and tensors live), None where it cannot be read."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+MALLOC_DYNAMIC_CEILING = (32 << 20, 64 << 20)  # glibc's own ceilings for its mmap and trim thresholds (64-bit)
+
+
+def tune_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc malloc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD for this process (mallopt through
+    ctypes; a no-op elsewhere), from the next allocation on. Setting them also ends glibc's own
+    raising of both (it then keeps them as set). Returns whether they were set."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, int(mmap_threshold))) and bool(libc.mallopt(-1, int(trim_threshold)))
+    except (OSError, AttributeError):  # -3: M_MMAP_THRESHOLD, -1: M_TRIM_THRESHOLD (malloc.h)
+        return False
+
+
+def trim_heap() -> bool:
+    """Hand the allocator's free memory back to the system (glibc malloc_trim, through ctypes; a
+    no-op elsewhere): after large arrays are freed glibc keeps much of their memory for later
+    allocations, and it counts as the process's. Returns whether it ran."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def load_data(cache_dir, cfg, device="cpu", vocab: Vocab | None = None, whole_budget: bool = False) -> KeypointData:
+    """The cache in memory, or streamed from it when cfg.stream (whole_budget: see StreamingKeypointData)."""
+    if cfg.stream:
+        return StreamingKeypointData(cache_dir, cfg, device, vocab=vocab, whole_budget=whole_budget)
+    return KeypointData(cache_dir, cfg, device, vocab=vocab)
 
 
 class BatchFeed:
@@ -843,95 +533,12 @@ class BatchFeed:
             self._thread.join()
 
 
-# ------------------------------------------------------------------------------------------
-# The sampler
-
-_UNIT_JITTER = 0.1  # +-10% noise on lengths when grouping a label's clips into units of K
-
-
-def samples_per_label(labels: np.ndarray, k_max: int, batch_size: int) -> int:
-    """K of the P x K sampler for these training labels: k_max, but no more than the median label
-    has clips (at least 2, so SupCon always has a positive: an augmented second view). With one
-    clip per sentence (open-vocabulary data) K = 4 would fill a batch with 3 copies of every clip
-    and the decoder would see a quarter of the distinct sentences; K = 2 gives it half the batch."""
-    if k_max <= 2:
-        return k_max
-    counts = np.unique(np.asarray(labels), return_counts=True)[1]
-    k = int(min(k_max, max(2, np.median(counts)))) if len(counts) else k_max
-    while batch_size % k:  # P x K must fill the batch exactly
-        k -= 1
-    return max(k, 1)
-
-
-class PKBatchSampler:
-    """Endless training batches of P labels x K samples, bucketed by length.
-
-    One epoch: each label's samples are shuffled and cut into units of K (a short last unit is
-    filled by redrawing from its own label, so a label with fewer than K samples contributes
-    augmented copies: SimCLR-style positives); inside a label, clips of similar length (with
-    random jitter) share a unit. Units are shuffled, sorted by length inside windows
-    of `bucket_batches` batches (similar lengths -> little padding), cut into batches of P units,
-    and the batches shuffled. Everything comes from one numpy Generator; the state saved is the
-    generator state at the start of the epoch plus the position in it, so resume is exact.
-    """
-
-    def __init__(self, labels: np.ndarray, lengths: np.ndarray, batch_size: int, k: int,
-                 bucket_batches: int = 50, seed: int = 0, rank: int = 0, world: int = 1):
-        if batch_size % k:
-            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_label {k}")
-        self.labels, self.lengths = np.asarray(labels), np.asarray(lengths)
-        self.batch_size, self.k, self.p = batch_size, k, batch_size // k
-        self.bucket_batches, self.rank, self.world = bucket_batches, rank, world
-        order = np.argsort(self.labels, kind="stable")
-        bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
-        self.groups = np.split(order, bounds)
-        if len(self.labels) < batch_size * world:
-            raise ValueError(f"the training split has {len(self.labels)} samples, fewer than one batch "
-                             f"of {batch_size} (x {world} ranks); lower batch_size")
-        self.rng = np.random.default_rng(seed)
-        self.epoch, self.position = 0, 0
-        self._start_epoch()
-
-    def _start_epoch(self):
-        self._epoch_state = self.rng.bit_generator.state
-        self._plan = self._make_plan()
-
-    def _make_plan(self) -> np.ndarray:
-        rng, k = self.rng, self.k
-        units = []
-        for g in self.groups:  # once per epoch, not per step
-            perm = rng.permutation(g)
-            if len(perm) % k:
-                perm = np.concatenate([perm, rng.choice(g, k - len(perm) % k)])
-            # K clips of similar length per unit (little padding), jittered so units change each epoch
-            jitter = rng.uniform(1 - _UNIT_JITTER, 1 + _UNIT_JITTER, len(perm))
-            perm = perm[np.argsort(self.lengths[perm] * jitter, kind="stable")]
-            units.append(perm.reshape(-1, k))
-        units = np.concatenate(units)[rng.permutation(sum(len(u) for u in units))]
-        unit_len = self.lengths[units].mean(1)
-        window = self.bucket_batches * self.p
-        for a in range(0, len(units), window):
-            units[a:a + window] = units[a:a + window][np.argsort(unit_len[a:a + window], kind="stable")]
-        n_batches = len(units) // self.p // self.world * self.world
-        batches = units[: n_batches * self.p].reshape(n_batches, self.batch_size)
-        batches = batches[rng.permutation(n_batches)]
-        return batches[self.rank::self.world]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self.position >= len(self._plan):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._start_epoch()
-        batch = self._plan[self.position]
-        self.position += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"epoch_start_rng": self._epoch_state, "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["epoch_start_rng"]
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._start_epoch()
+def _watch_memory(ref, stop: threading.Event, every_s: float) -> None:
+    """StreamingKeypointData(whole_budget=True)'s sampler: fits its LRU every `every_s` until
+    stopped or the data are gone."""
+    while not stop.wait(every_s):
+        data = ref()
+        if data is None:
+            return
+        data._fit_lru()
+        del data

@@ -22,11 +22,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import compare
+from preprocess import settings
+
 from .config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,25 +56,32 @@ def _run(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, runs: Path, demo: dict,
+@dataclass
+class DemoScale:
+    """configs/demo/<scale>.yaml: one corpus scale of the demo and how it is trained and scored."""
+    corpus_scale: str = "full"   # preprocess.synthetic SCALES
+    train: dict = field(default_factory=dict)  # training settings (TrainConfig keys) for every run
+    beam: int = 0                # eval --beam (0: greedy only)
+    by: str | None = None        # eval --by: metrics per group (e.g. signer)
+    batch_cap: int = 0           # at most this batch size (a corpus with fewer samples than a batch)
+
+
+def load_scale(scale: str) -> DemoScale:
+    demo = settings.load(DemoScale, [ROOT / "configs" / "demo" / f"{scale}.yaml"])
+    load_config(None, settings.as_overrides(demo.train))  # its training settings are checked now
+    return demo
+
+
+def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, runs: Path, demo: DemoScale,
                    fresh: bool) -> tuple[dict, dict]:
     """Train one configuration with the demo's sample budget and evaluate it on the test signer."""
     run = runs / name
     summary = run / "eval" / "test" / "summary.json"
     own = ROOT / "configs" / "train" / f"cpu_scale_{preset}.yaml"  # what one preset needs at CPU size
     config = [ROOT / "configs" / "train" / f"{preset}.yaml", CPU_SCALE, *([own] if own.exists() else [])]
-    cfg = load_config(config, overrides)
-    if demo.get("batch_cap") and cfg.batch_size > demo["batch_cap"]:  # tiny corpus: fewer samples than a batch
-        overrides = overrides + [f"batch_size={demo['batch_cap']}"]
-        cfg = load_config(config, overrides)
-    per_step = cfg.batch_size * cfg.accumulation_steps
-    steps = {"max_steps": math.ceil(demo["train_samples"] / per_step),
-             "warmup_steps": math.ceil(demo["warmup_samples"] / per_step),
-             # the queue only helps once embeddings move slowly (stale keys collapse early training)
-             "queue_start": math.ceil(demo["queue_start_samples"] / per_step),
-             "eval_every": math.ceil(demo["eval_every_samples"] / per_step)}
-    steps["ckpt_every"] = steps["eval_every"]
-    wanted = overrides + [f"{k}={v}" for k, v in steps.items()]
+    wanted = settings.as_overrides(demo.train) + overrides  # the scale's budget, in samples (config.SampleBudget)
+    if demo.batch_cap and load_config(config, wanted).batch_size > demo.batch_cap:
+        wanted.append(f"batch_size={demo.batch_cap}")  # tiny corpus: fewer samples than a batch
     stamp = run / "demo_args.json"
     # a finished run is reused only if its presets still say the same (an edited preset retrains)
     args = {"config": [str(c) for c in config],
@@ -90,8 +100,8 @@ def train_and_eval(name: str, preset: str, overrides: list[str], cache: Path, ru
     timing["train_s"] = _run([py, "-m", "s2t", "train", "--cache", str(cache), "--config", str(config[0]),
                               *[a for c in config[1:] for a in ("--config-overlay", str(c))], "--run", str(run), *wanted])
     timing["eval_s"] = _run([py, "-m", "s2t", "eval", "--run", str(run), "--split", "test",
-                             *(["--beam", str(demo["beam"])] if demo.get("beam") else []),
-                             *(["--by", demo["by"]] if demo.get("by") else [])])
+                             *(["--beam", str(demo.beam)] if demo.beam else []),
+                             *(["--by", demo.by] if demo.by else [])])
     (run / "demo_timing.json").write_text(json.dumps(timing))
     return json.loads(summary.read_text()), timing
 
@@ -206,7 +216,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.seeds < 1:
         p.error("--seeds must be at least 1")
-    demo = yaml.safe_load((ROOT / "configs" / "demo" / f"{a.scale}.yaml").read_text())
+    demo = load_scale(a.scale)
     data = Path(a.data or ROOT / "data" / "demo" / a.scale)
     runs = Path(a.runs or ROOT / "runs" / f"demo-{a.scale}")
     t_start = time.perf_counter()
@@ -214,7 +224,7 @@ def main(argv=None) -> int:
     manifest = data / "manifest.csv"
     if not manifest.exists():
         from preprocess.synthetic import generate_corpus
-        generate_corpus(data, scale=demo["corpus_scale"], seed=0)
+        generate_corpus(data, scale=demo.corpus_scale, seed=0)
     from preprocess.features import build_cache
     res = build_cache(manifest, a.cache, jobs=a.jobs)
     print(f"cache: {res.path} ({res.n_samples} samples; {'reused' if res.reused_keypoints else 'built'})")
@@ -234,12 +244,12 @@ def main(argv=None) -> int:
         each run) and, when the scale names a column, its per-group table."""
         if a.seeds == 1:
             flat = {c: next(iter(r.values())) for c, r in groups.items()}
-            by = table(group_rows(flat, demo["by"]), columns=GROUP_COLUMNS) if demo.get("by") else None
+            by = table(group_rows(flat, demo.by), columns=GROUP_COLUMNS) if demo.by else None
             return table(flat, reference=reference), by
         lists = {c: list(r.values()) for c, r in groups.items()}
         main_table = (seed_table(lists, reference=reference) + "\n\nEach run:\n\n"
                       + table({n: s for r in groups.values() for n, s in r.items()}))
-        by = seed_table(seed_group_rows(lists, demo["by"]), columns=GROUP_COLUMNS) if demo.get("by") else None
+        by = seed_table(seed_group_rows(lists, demo.by), columns=GROUP_COLUMNS) if demo.by else None
         return main_table, by
 
     seeds_of = {preset: run_seeds(preset, preset, preset, []) for preset in PRESETS}
@@ -250,7 +260,7 @@ def main(argv=None) -> int:
            + (f" SEEDS={a.seeds}`. Each configuration trained with seeds 0..{a.seeds - 1}: mean ± sd (n runs), "
               "sd with n − 1." if a.seeds > 1 else "`."), "", main_table]
     if by_table:
-        out += ["", f"Per {demo['by']} (keypoint NN: training-free nearest neighbour on keypoint paths; "
+        out += ["", f"Per {demo.by} (keypoint NN: training-free nearest neighbour on keypoint paths; "
                     "retrieval WER: answering the nearest training sentence in the run's CLIP space):", "",
                 by_table]
     over = {"seeds": a.seeds}
@@ -266,7 +276,7 @@ def main(argv=None) -> int:
         abl_table, abl_by = tables(abl, reference="recommended")
         out += ["", "## Ablation: recommended with one change undone (delta vs recommended)", "", abl_table]
         if abl_by:
-            out += ["", f"Ablation per {demo['by']}:", "", abl_by]
+            out += ["", f"Ablation per {demo.by}:", "", abl_by]
         if a.seeds > 1:
             over["over_seeds"].update(over_seeds({c: list(r.values()) for c, r in abl.items()}))
     total = time.perf_counter() - t_start

@@ -27,11 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from preprocess.cli import report_error
+from preprocess.layout import COMPONENT_SIZES, COMPONENTS
+from preprocess.store import CacheError, open_cache
+
 from . import baselines, html_report, metrics, plots, report
-from .data import KeypointData, Vocab, load_data, words_of
+from .checkpoint import BEST, CheckpointError, default_checkpoint, load_checkpoint, load_run
+from .data import KeypointData, load_data
 from .model import sequence_nats
 from .device import resolve_device
 from .rerank import Gallery, Reranker, add_rerank_arguments, unavailable as rerank_unavailable
+from .text_tower import rows_sentence_features, sentence_features
+from .vocab import Vocab, cached_tokenizer, words_of
 
 
 class EvaluationError(RuntimeError):
@@ -95,7 +102,8 @@ def run_model(model, data: KeypointData, split: str, batch_size: int = 64, max_l
         out.index.append(b.index.cpu())
         out.clip.append(model.video_embedding(memory, b.mask, head="clip").float().cpu())
         out.supcon.append(model.video_embedding(memory, b.mask, head="supcon").float().cpu())
-        out.text.append(model.text_embedding(b.text_emb).float().cpu())
+        out.text.append(model.text_embedding(sentence_features(model, b.text_emb, b.text_ids, b.text_attention))
+                        .float().cpu())
         decoded = [model.generate(memory, b.mask, max_len=max_len)]
         if beam > 1:
             decoded.append(model.generate(memory, b.mask, max_len=max_len, beam_size=beam))
@@ -132,9 +140,7 @@ def reference_texts(vocab: Vocab, texts) -> list[str]:
     texts = [str(t) for t in texts]
     if vocab.kind == "word":
         return [" ".join(words_of(t)) for t in texts]
-    from .data import _tokenizer  # the loaded tokenizer Vocab.decode uses (loading takes ~1 s)
-
-    ids = _tokenizer(vocab.tokenizer)(texts, add_special_tokens=False)["input_ids"]
+    ids = cached_tokenizer(vocab.tokenizer)(texts, add_special_tokens=False)["input_ids"]
     return vocab.decode(ids)
 
 
@@ -143,9 +149,7 @@ def uncased(vocab: Vocab) -> bool:
     its output can never match a capital, and raw-reference scores are taken lower-cased."""
     if vocab.kind == "word":
         return True  # words_of lower-cases
-    from .data import _tokenizer
-
-    tok, probe = _tokenizer(vocab.tokenizer), "Sign Language"
+    tok, probe = cached_tokenizer(vocab.tokenizer), "Sign Language"
     return tok.decode(tok(probe, add_special_tokens=False)["input_ids"]).strip() == probe.lower()
 
 
@@ -154,8 +158,6 @@ def sample_columns(data) -> dict[str, np.ndarray]:
     n_frames), in cache row order. Stand-in data without a cache gives what it has."""
     if getattr(data, "cache_dir", None) is None:
         return {"id": np.asarray(data.ids), "text": np.asarray(data.texts), "split": np.asarray(data.split)}
-    from preprocess.store import open_cache
-
     return dict(open_cache(data.cache_dir, text=data.cfg.text_store).samples)
 
 
@@ -171,7 +173,8 @@ def training_gallery(model, data: KeypointData, batch_size: int = 1024):
     """Distinct training sentences (reference-normalised) and their CLIP text embeddings."""
     rows = training_rows(data)
     device = next(model.parameters()).device
-    emb = torch.cat([model.text_embedding(data.text_emb[torch.as_tensor(rows[a:a + batch_size])]
+    # the cached frozen sentence embeddings, or the fine-tuned text tower's (text_encoder: finetune)
+    emb = torch.cat([model.text_embedding(rows_sentence_features(model, data, rows[a:a + batch_size])
                                           .to(device)).float().cpu()
                      for a in range(0, len(rows), batch_size)]) if len(rows) else torch.zeros(0, 1)
     return reference_texts(data.vocab, data.texts[rows]), emb
@@ -443,19 +446,8 @@ def write_predictions(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def default_checkpoint(run_dir) -> str:
-    """best.safetensors (best on validation) when the run has one, else last.safetensors."""
-    from .checkpoint import LAST
-    from .train import BEST
-
-    return BEST if (Path(run_dir) / BEST).is_file() else LAST
-
-
 def checkpoint_note(run_dir, name: str, asked: bool) -> dict:
     """What the summary says about the checkpoint it scored."""
-    from .checkpoint import load_checkpoint
-    from .train import BEST
-
     meta = load_checkpoint(Path(run_dir) / name, prefix="\0")[1]  # the metadata only, no tensors
     best = meta.get("best")
     if asked:
@@ -490,17 +482,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="output folder (default RUN/eval/SPLIT)")
     args = ap.parse_args(argv)
 
-    from preprocess.store import CacheError
-
-    from .checkpoint import CheckpointError, load_run
-
     device = resolve_device(args.device)
     t0 = time.time()
     try:
         name = args.checkpoint or default_checkpoint(args.run)
         model, cfg, info = load_run(args.run, device, checkpoint=name)
         cfg, loading = data_config(cfg, args.cache or info["cache"], args.memory_budget_mb)
-        data = load_data(args.cache or info["cache"], cfg, device, vocab=_vocab(info))
+        data = load_data(args.cache or info["cache"], cfg, device, vocab=Vocab.from_run_info(info),
+                         whole_budget=True)  # streamed: memory_budget_mb bounds all eval holds, not only the LRU
         columns = sample_columns(data)
         by = default_by(columns, data.rows(args.split)) if args.by is None else \
             [c for c in args.by if c.lower() != "none"]
@@ -510,7 +499,6 @@ def main(argv=None) -> int:
                                    rerank=args.rerank, rerank_weight=args.rerank_weight)
         note = checkpoint_note(args.run, name, asked=args.checkpoint is not None)
     except (CheckpointError, CacheError, EvaluationError) as e:
-        from preprocess.cli import report_error
         return report_error(e)
     cache_dir = data.cache_dir
     del data  # the streaming reader's blocks go before the report reads its clips
@@ -552,9 +540,6 @@ def data_config(cfg, cache_dir, budget_mb: int | None = None) -> tuple:
 def keypoint_bytes(cache_dir, components) -> int:
     """Bytes of the keypoints `components` (and pose, for the shoulders) plus the presence flags of
     every sample of the cache, as the store holds them (float16): what loading them in memory reads."""
-    from preprocess.layout import COMPONENT_SIZES, COMPONENTS
-    from preprocess.store import open_cache
-
     needed = dict.fromkeys(["pose", *components])
     frames = int(np.asarray(open_cache(cache_dir).samples["n_frames"], np.int64).sum())
     return frames * (sum(2 * 3 * COMPONENT_SIZES[c] for c in needed) + len(COMPONENTS))
@@ -566,6 +551,3 @@ def default_by(columns: dict, rows: np.ndarray) -> list[str]:
     return ["signer"] if signers is not None and any(str(s) for s in np.asarray(signers)[rows]) else []
 
 
-def _vocab(info: dict) -> Vocab | None:
-    v = info.get("vocab")
-    return Vocab.from_json(v) if isinstance(v, dict) else v

@@ -115,13 +115,16 @@ def read_clips(cache_dir, ids: list[str], budget: int = KEYPOINT_BUDGET, keep: i
         cache = open_cache(cache_dir)
         row = {str(s): i for i, s in enumerate(cache.samples["id"])}
         fps = np.asarray(cache.samples.get("fps", np.full(len(row), 25.0)), dtype=float)
-        reader = cache.keypoint_reader(("pose", "left_hand", "right_hand"), budget_bytes=256 << 20)
+        names = ("pose", "left_hand", "right_hand")
+        where = cache.keypoint_reader(names, budget_bytes=256 << 20)  # its index only: it reads no block
         clips, used = {}, 0
         for k, clip_id in enumerate(ids):
             if clip_id not in row:
                 continue
             i = row[clip_id]
-            points, _ = reader.read(i)
+            # only this clip's frames (~70 kB for 150 frames), not the reader's block of 8,192 frames
+            a = int(where.start[i])
+            points = cache.read_shard(int(where.shard_of[i]), names, (a, a + int(where.lengths[i])))
             figure = stick_figure(points, fps[i])
             size = len(json.dumps(figure, separators=(",", ":")))
             if k >= keep and used + size > budget:

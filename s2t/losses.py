@@ -317,7 +317,8 @@ class Losses:
     the current heads whenever they are used. Head outputs queued a few hundred steps ago come from
     heads that have moved since; scored against them, the CLIP space folded into one cone when the
     queue joined (issue 15: NegSim 0.32 -> 0.90). Re-projected text keys are exact (the sentence
-    encoder is frozen); video keys are only as stale as the encoder."""
+    encoder is frozen); video keys are only as stale as the encoder. With text_encoder: finetune the
+    text keys are the tower's output at enqueue time (detached), as stale as the tower's top layers."""
 
     def __init__(self, cfg, vocab, device, model=None, text_dim: int | None = None):
         self.weights = {name: float(cfg.loss_weights.get(name, 0.0)) for name in LOSSES}
@@ -378,7 +379,8 @@ class Losses:
         for qname in self.active_queues():
             cls, side, label = self._queue_specs[qname]
             if side == "text":
-                keys = batch.text_emb if pooled else out["text"]
+                # (with a fine-tuned text tower: its output before the projection, as it is now)
+                keys = out.get("sentence", batch.text_emb) if pooled else out["text"]
             else:
                 keys = out["pooled"] if pooled else out[cls.head]
             self.queues[qname].push(keys, getattr(batch, label))

@@ -63,9 +63,14 @@ def pos_neg_similarity(emb, labels) -> tuple[float, float]:
     return float(pos), float(neg)
 
 
-def pair_similarities(emb, labels, max_pairs: int = 200_000, seed: int = 0
+PAIR_CHUNK = 8192  # pairs scored at a time by pair_similarities: 2 x 8192 x D floats, not 2 x max_pairs x D
+
+
+def pair_similarities(emb, labels, max_pairs: int = 200_000, seed: int = 0, chunk: int = PAIR_CHUNK
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Cosines of (a random sample of) same-label and different-label pairs, for histograms."""
+    """Cosines of (a random sample of) same-label and different-label pairs, for histograms.
+    The pairs are drawn at once and scored `chunk` at a time (the same numbers: each cosine is its
+    own row's sum), so memory stays a few MB whatever max_pairs and the embedding width."""
     e = _tensor(emb)
     y = label_ids(labels).to(e.device)
     n = e.shape[0]
@@ -78,7 +83,10 @@ def pair_similarities(emb, labels, max_pairs: int = 200_000, seed: int = 0
         i = torch.randint(n, (max_pairs,), generator=g)
         j = (i + torch.randint(1, n, (max_pairs,), generator=g)) % n  # j != i
     i, j = i.to(e.device), j.to(e.device)
-    sims = (e[i] * e[j]).sum(1)
+    sims = torch.empty(len(i), dtype=e.dtype, device=e.device)
+    for a in range(0, len(i), chunk):
+        b = min(len(i), a + chunk)
+        sims[a:b] = (e[i[a:b]] * e[j[a:b]]).sum(1)
     same = y[i] == y[j]
     return sims[same].cpu().numpy(), sims[~same].cpu().numpy()
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 class ModelConfig:
     """The model's shape. Training builds it from TrainConfig (from_train_config), whose defaults
     and presets are the only place model sizes are chosen: no defaults here that could drift."""
-    in_dim: int            # features per frame (from s2t.data.feature_dim)
+    in_dim: int            # features per frame (from s2t.frames.feature_dim)
     vocab_size: int        # model vocabulary size
     pad_id: int            # model ids of the specials
     bos_id: int
@@ -43,9 +43,12 @@ class ModelConfig:
     ff_mult: int
     dropout: float
     shared_head: bool
-    logit_scale_init: float = math.log(1 / 0.07)  # CLIP's init and clamp (TrainConfig.clip_logit_scale_*)
-    logit_scale_max: float = math.log(100)
+    logit_scale_init: float    # CLIP's init and clamp (TrainConfig.clip_logit_scale_*)
+    logit_scale_max: float
     decoder_reads_embedding: bool = False  # False: runs saved before the option load unchanged
+    text_encoder: str = "frozen"  # "finetune": the model owns a TextTower (s2t.text_tower) over text_model
+    text_encoder_layers: int = 0  # its trained top layers (0: all)
+    text_model: str | None = None  # the cache's sentence encoder (run.json "text_model")
 
     @classmethod
     def from_train_config(cls, cfg, **data_dims) -> "ModelConfig":
@@ -53,7 +56,8 @@ class ModelConfig:
                    decoder_layers=cfg.decoder_layers, heads=cfg.heads, ff_mult=cfg.ff_mult,
                    dropout=cfg.dropout, shared_head=cfg.shared_head,
                    logit_scale_init=cfg.clip_logit_scale_init, logit_scale_max=cfg.clip_logit_scale_max,
-                   decoder_reads_embedding=cfg.decoder_reads_embedding, **data_dims)
+                   decoder_reads_embedding=cfg.decoder_reads_embedding, text_encoder=cfg.text_encoder,
+                   text_encoder_layers=cfg.text_encoder_layers, **data_dims)
 
 
 def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
@@ -159,6 +163,14 @@ class SignTranslator(nn.Module):
         if len(token_ids) != c.vocab_size:
             raise ValueError(f"token_ids has {len(token_ids)} entries for a vocabulary of {c.vocab_size}")
         self.register_buffer("token_ids", torch.as_tensor(token_ids, dtype=torch.long))
+        self.text_tower = None  # text_encoder: frozen (the cached sentence embeddings)
+        if c.text_encoder == "finetune":
+            from .text_tower import TextTower
+            with torch.random.fork_rng(devices=[]):  # the global RNG stream stays the frozen model's
+                self.text_tower = TextTower(c.text_model, c.text_encoder_layers)
+            if self.text_tower.dim != c.text_dim:
+                raise ValueError(f"text model {c.text_model!r} gives {self.text_tower.dim}-d embeddings, "
+                                 f"the cache's are {c.text_dim}-d")
 
     # --- the API the trainer, the evaluation and translation use --------------------------------
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,7 +191,8 @@ class SignTranslator(nn.Module):
         return F.normalize(self.heads[head](pooled).float(), dim=-1)
 
     def text_embedding(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """Cached frozen sentence embeddings (B, text_dim) -> (B, proj_dim) L2-normalised."""
+        """Sentence embeddings (B, text_dim): the cached frozen ones, or the text tower's
+        (`s2t.text_tower.sentence_features`) -> (B, proj_dim) L2-normalised."""
         return F.normalize(self.text_proj(text_emb).float(), dim=-1)
 
     def clip_scale(self) -> torch.Tensor:
@@ -205,14 +218,21 @@ class SignTranslator(nn.Module):
         mem, mem_mask = self.decoder_memory(memory, mask)
         return self.decoder(mem, mem_mask, input_ids, self.config.pad_id)
 
-    def forward(self, x, mask, input_ids=None, text_emb=None, heads=("supcon", "clip")) -> dict:
+    def forward(self, x, mask, input_ids=None, text_emb=None, heads=("supcon", "clip"),
+                text_ids=None, text_attention=None) -> dict:
         """Everything one training step needs in one call (so DistributedDataParallel sees a
-        forward): memory, the requested video embeddings, text embedding, decoder logits."""
+        forward): memory, the requested video embeddings, text embedding, decoder logits. With a
+        text tower (text_encoder: finetune) the text side is computed from text_ids/text_attention
+        and out["sentence"] is its output before the projection (what pooled queues hold)."""
         memory = self.encode(x, mask)
         out = {"memory": memory, "logit_scale": self.clip_scale(), "pooled": masked_mean(memory, mask)}
         for h in heads:
             out[h] = self.video_embedding(memory, mask, h)
-        if text_emb is not None:
+        if text_emb is not None and self.text_tower is not None:
+            from .text_tower import sentence_features
+            out["sentence"] = sentence_features(self, text_emb, text_ids, text_attention)
+            out["text"] = self.text_embedding(out["sentence"])
+        elif text_emb is not None:
             out["text"] = self.text_embedding(text_emb)
         if input_ids is not None:
             out["logits"] = self.decoder_logits(memory, mask, input_ids)
@@ -284,14 +304,23 @@ class SignTranslator(nn.Module):
         rows[self.config.pad_id] = 0
         self.decoder.tokens.weight.copy_(rows.to(self.decoder.tokens.weight))
 
-    def parameter_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no weight decay on biases, norms, embeddings and the logit scale."""
-        decay, no_decay = [], []
+    def parameter_groups(self, weight_decay: float, text_lr_scale: float = 1.0) -> list[dict]:
+        """AdamW groups: no weight decay on biases, norms, embeddings and the logit scale. The text
+        tower's trained weights (text_encoder: finetune) come in two more groups whose lr is the
+        step's lr times `lr_scale` (= text_lr_scale): pretrained weights move slowly."""
+        decay, no_decay, tower_decay, tower_no_decay = [], [], [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or "tokens" in name or name == "logit_scale" else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            tower = name.startswith("text_tower.")
+            if p.ndim < 2 or "tokens" in name or name == "logit_scale" or (tower and "embeddings" in name):
+                (tower_no_decay if tower else no_decay).append(p)
+            else:
+                (tower_decay if tower else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups += [{"params": ps, "weight_decay": wd, "lr_scale": text_lr_scale}
+                   for ps, wd in ((tower_decay, weight_decay), (tower_no_decay, 0.0)) if ps]
+        return groups
 
 
 def sequence_nats(model, memory, mask, tokens, pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,16 +41,21 @@ class Reranked:
 
 class HypothesisEmbedder:
     """Sentences -> the model's CLIP text embeddings, through the frozen sentence encoder that made
-    the cache's text embeddings (loaded once; a few milliseconds per sentence on a CPU)."""
+    the cache's text embeddings (loaded once; a few milliseconds per sentence on a CPU), or through
+    the model's own fine-tuned text tower when it has one (text_encoder: finetune)."""
 
     def __init__(self, text_model: str, model):
-        from preprocess.text import SentenceEncoder  # loads transformers: only when reranking
-
-        self.encoder = SentenceEncoder(text_model)
         self.model = model
+        self.encoder = None
+        if getattr(model, "text_tower", None) is None:
+            from preprocess.text import SentenceEncoder  # loads transformers: only when reranking
+
+            self.encoder = SentenceEncoder(text_model)
 
     @torch.no_grad()
     def __call__(self, sentences: list[str]) -> torch.Tensor:
+        if self.encoder is None:
+            return self.model.text_embedding(self.model.text_tower.embed_texts(sentences)).float()
         device = next(self.model.parameters()).device
         emb = torch.from_numpy(self.encoder.embed(sentences)).to(device)
         return self.model.text_embedding(emb).float()

@@ -35,19 +35,20 @@ from preprocess.cli import report_error
 from preprocess.store import write_json_atomic
 from preprocess.text import word_embeddings
 
-from .checkpoint import (CONFIG, LAST, RUN_INFO, CheckpointError, build_model, link_checkpoint,
+from .checkpoint import (BEST, CONFIG, LAST, RUN_INFO, CheckpointError, build_model, link_checkpoint,
                          load_checkpoint, read_run, remove_stale_temps, save_checkpoint, strip,
                          write_run_info)
 from .config import ConfigError, TrainConfig, load_config
-from .data import BatchFeed, KeypointData, PKBatchSampler, Vocab, load_data, samples_per_label
+from .data import BatchFeed, KeypointData, load_data
 from .device import resolve_device
 from .losses import Losses
 from .metrics import derangement, embedding_metrics
 from .report import validation_warnings
+from .sampler import PKBatchSampler, samples_per_label
+from .vocab import Vocab
 
 log = logging.getLogger("s2t.train")
 METRICS = "metrics.jsonl"
-BEST = "best.safetensors"  # the checkpoint with the best validation value of cfg.best_metric
 # validation metrics a best checkpoint can be chosen by -> whether higher is better
 BEST_METRICS = {"ret1_v2t": True, "ret5_v2t": True, "ret1_t2v": True, "pos_sim": True, "rankme": True,
                 "visual_dependence_ce": True, "loss": False, "ce": False, "clip": False, "supcon": False,
@@ -99,12 +100,14 @@ def validate(model, data: KeypointData, losses: Losses, cfg: TrainConfig, autoca
     head = "clip" if "clip" in losses.active else "supcon"
     for batch in data.iterate(split, cfg.batch_size):
         with autocast():
-            out = model(batch.x, batch.mask, batch.tokens[:, :-1], batch.text_emb, heads=("supcon", "clip"))
+            out = model(batch.x, batch.mask, batch.tokens[:, :-1], batch.text_emb, heads=("supcon", "clip"),
+                        text_ids=batch.text_ids, text_attention=batch.text_attention)
             total, parts = losses(out, batch, training=False)
             if "ce" in parts:
                 perm = derangement(batch.label.cpu()).to(batch.x.device)  # fixed seed: no RNG consumed
                 swapped = model(batch.x[perm], batch.mask[perm], batch.tokens[:, :-1], batch.text_emb,
-                                heads=("supcon", "clip"))
+                                heads=("supcon", "clip"), text_ids=batch.text_ids,
+                                text_attention=batch.text_attention)
                 parts["ce_swapped"] = losses(swapped, batch, training=False)[1]["ce"]
         b = len(batch.index)
         for k, v in {"loss": total, **parts}.items():
@@ -264,7 +267,7 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
     data = load_train_data(cfg, cache_dir, device, info, main_proc)
     train_rows, has_val = data.rows("train"), len(data.rows("val")) > 0
     info = info or {"cache": data.cache_dir, "vocab": data.vocab.to_json(), "components": data.components,
-                    "in_dim": data.feature_dim, "text_dim": data.text_dim}
+                    "in_dim": data.feature_dim, "text_dim": data.text_dim, "text_model": data.text_model}
     raw_model = build_train_model(cfg, info, data, device, fresh=not resume, main_proc=main_proc)
     losses = Losses(cfg, data.vocab, device, model=raw_model, text_dim=data.text_dim)
     model = job.wrap(raw_model, losses)  # what the training forward pass calls
@@ -272,8 +275,8 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         n_params = sum(p.numel() for p in raw_model.parameters())
         log.info("model: %.2fM parameters, precision %s, device %s", n_params / 1e6,
                  str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32", device)
-    opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(raw_model.parameter_groups(cfg.weight_decay, cfg.text_encoder_lr_scale), lr=cfg.lr,
+                            betas=tuple(cfg.adam_betas), fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     sampler = make_sampler(cfg, data, train_rows, job)
     state = TrainState(raw_model, losses, opt, scaler, make_generators(cfg, job))
@@ -396,7 +399,7 @@ def load_train_data(cfg: TrainConfig, cache_dir, device, info: dict | None, main
     log.info("cache %s: %d train / %d val samples, %d features per frame, vocabulary %d (%s), "
              "data on %s, loaded in %.1fs", cache_dir, len(train_rows), len(val_rows),
              data.feature_dim, data.vocab.size, data.vocab.kind,
-             f"streamed from the cache ({cfg.memory_budget_mb} MB budget)" if data.streams else data.store,
+             f"streamed from the cache ({cfg.memory_budget_mb} MB budget)" if data.streams else data.resident_device,
              time.time() - t0)
     if len(val_rows) == 0:
         log.warning("no 'val' split in the cache: no validation metrics will be computed")
@@ -426,6 +429,13 @@ def build_train_model(cfg: TrainConfig, info: dict, data: KeypointData, device, 
             model.init_token_embeddings(torch.from_numpy(word_embeddings(source)))
             if main_proc:
                 log.info("decoder token embeddings initialised from the word embeddings of %s", source)
+    tower = model.text_tower
+    if tower is not None and main_proc:
+        n_train = sum(p.numel() for p in tower.parameters() if p.requires_grad)
+        log.info("text_encoder: finetune: %s, %s trained (%.2fM parameters, lr x %g)%s", tower.text_model,
+                 f"top {tower.train_layers} of {len(tower.model.encoder.layer)} layers" if tower.train_layers
+                 else "all layers and the embeddings", n_train / 1e6, cfg.text_encoder_lr_scale,
+                 "; the frozen bottom's output is kept per distinct sentence" if tower.frozen_layers else "")
     return model
 
 
@@ -467,7 +477,7 @@ def train_step(state: TrainState, model, data: KeypointData, feed: BatchFeed, cf
     losses, gens, opt, scaler, counters = state.losses, state.gens, state.opt, state.scaler, state.counters
     lr = lr_at(state.step, cfg)
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: the fine-tuned text tower's groups
     opt.zero_grad(set_to_none=True)
     parts_sum, finite, samples, data_s = None, True, 0, 0.0
     # the queue waits until the encoder drifts slowly (XBM, Wang et al. 2020): embeddings
@@ -485,7 +495,8 @@ def train_step(state: TrainState, model, data: KeypointData, feed: BatchFeed, cf
             dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
         with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
             out = model(batch.x, batch.mask, dec_in,
-                        batch.text_emb if losses.needs_text else None, heads=losses.heads())
+                        batch.text_emb if losses.needs_text else None, heads=losses.heads(),
+                        text_ids=batch.text_ids, text_attention=batch.text_attention)
             total, parts = losses(out, batch, use_queue=queue_on)
             scaler.scale(total / cfg.accumulation_steps).backward()
         detached = torch.stack([total.detach(), *[p.detach() for p in parts.values()]])

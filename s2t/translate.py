@@ -2,7 +2,7 @@
 
 FILE is a video (MediaPipe Holistic runs on it), a .pose file or a .npy/.npz of (T, 543, 3|4)
 landmarks. It goes through the same path as training: the training frame rate (`training_fps`),
-`s2t.data`'s normalisation, the run's model. Prints the decoded sentence and the training sentences nearest in
+`s2t.frames`' normalisation, the run's model. Prints the decoded sentence and the training sentences nearest in
 the CLIP space with their cosine. An input without a person is an error (exit 1), never a
 made-up sentence.
 """
@@ -15,9 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Vocab, encode_texts, normalise_keypoints, rebind_vocab
+from preprocess.cli import report_error
+from preprocess.keypoint_sources import SourceError, load_keypoints
+from preprocess.manifest import normalise_text
+from preprocess.store import CacheError, open_cache
+
+from .checkpoint import CheckpointError, default_checkpoint, load_run
 from .device import resolve_device
+from .frames import normalise_keypoints
 from .rerank import Gallery, Reranker, add_rerank_arguments, unavailable as rerank_unavailable
+from .vocab import Vocab, encode_texts, rebind_vocab
 
 
 NO_WORDS = "(none: the model ended the sentence at once)"
@@ -34,8 +41,6 @@ class Translation:
 
 def training_sentence_rows(cache) -> np.ndarray:
     """Cache rows of the distinct training sentences (the first clip of each), in row order."""
-    from preprocess.manifest import normalise_text
-
     texts = np.asarray(cache.samples["text"]).astype(str)
     rows = np.flatnonzero(np.asarray(cache.samples["split"]).astype(str) == "train")
     _, first = np.unique([normalise_text(t) for t in texts[rows]], return_index=True)
@@ -48,6 +53,14 @@ def training_sentences(cache, tx, rows: np.ndarray, model, device,
     `tx` (= cache.text(), read once by the caller; no keypoints are loaded)."""
     texts = np.asarray(cache.samples["text"]).astype(str)
     sentence_emb = torch.from_numpy(np.asarray(tx.embeddings, np.float32)[rows])
+    tower = getattr(model, "text_tower", None)
+    if tower is not None:  # text_encoder: finetune: the run's fine-tuned text tower on the cache's ids
+        from .text_tower import tower_inputs
+
+        ids, attention = (torch.from_numpy(a[rows]) for a in tower_inputs(tx, texts))
+        with torch.no_grad():
+            sentence_emb = torch.cat([tower(ids[a:a + 256].to(device), attention[a:a + 256].to(device)).cpu()
+                                      for a in range(0, len(rows), 256)]) if len(rows) else sentence_emb
     with torch.no_grad():
         emb = [model.text_embedding(sentence_emb[a:a + batch_size].to(device)).float().cpu()
                for a in range(0, len(rows), batch_size)]
@@ -125,13 +138,6 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
 
-    from preprocess.cli import report_error
-    from preprocess.keypoint_sources import SourceError, load_keypoints
-    from preprocess.store import CacheError, open_cache
-
-    from .checkpoint import CheckpointError, load_run
-    from .evaluate import _vocab, default_checkpoint
-
     device = resolve_device(args.device)
     try:
         model, cfg, info = load_run(args.run, device, checkpoint=args.checkpoint or default_checkpoint(args.run))
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
         return report_error(SourceError(e.path, f"cannot translate it: {e.reason}"))
     tx, rows = cache.text(), training_sentence_rows(cache)  # the text store is read and verified once
     gallery = training_sentences(cache, tx, rows, model, device)
-    vocab = rebind_vocab(_vocab(info), tx)  # a tokenizer trained into the cache moved with it
+    vocab = rebind_vocab(Vocab.from_run_info(info), tx)  # a tokenizer trained into the cache moved with it
     reranker, why = (training_reranker(cache, tx, rows, model, cfg, vocab, gallery[1], args.rerank,
                                        args.rerank_weight, device) if args.rerank > 0 else (None, None))
     result = translate(keypoints, model, cfg, vocab, gallery, beam=args.beam, top=args.top,

@@ -11,7 +11,7 @@ import torch
 from preprocess.features import build_cache
 from preprocess.layout import COMPONENTS
 from preprocess.store import open_cache
-from tests.test_features import ROOT, write_npy_corpus
+from tests.helpers import ROOT, write_npy_corpus
 
 distributed = pytest.importorskip("distributed")
 

@@ -103,8 +103,7 @@ def test_one_ddp_step_equals_one_big_batch_step(corpus, tmp_path):
     import numpy as np
 
     from s2t.data import KeypointData
-    from tests.test_losses import run_two_ranks
-    from tests.helpers import tiny_cfg
+    from tests.helpers import run_two_ranks, tiny_cfg
 
     train_rows = KeypointData(corpus, tiny_cfg()).rows("train")
     rows = np.random.default_rng(0).permutation(train_rows)[:32]  # positives within and across ranks

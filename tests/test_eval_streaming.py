@@ -3,6 +3,7 @@ budget give the same summary and predictions as the cache loaded in memory, the 
 included. (The memory measurement itself, on a cache 4x its budget: benchmarks/bench_eval_memory.py.)"""
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -111,3 +112,73 @@ def test_eval_streams_when_the_cache_exceeds_the_budget(tiny_run, monkeypatch):
     assert asked.stream and note == {"streamed": True, "memory_budget_mb": 7, "why": "the run's config (stream: true)"}
     with pytest.raises(evaluate.EvaluationError, match="positive"):
         evaluate.data_config(tiny_cfg(), cache, budget_mb=0)
+
+
+# -- bounded memory: every chunked path gives what the whole computation gives, bit for bit
+
+def test_pair_similarities_in_chunks_are_the_unchunked_cosines():
+    from s2t import metrics
+
+    g = torch.Generator().manual_seed(0)
+    for n, dim, max_pairs in ((40, 16, 200_000), (300, 64, 5_000)):  # every pair; a sample of pairs
+        e = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
+        y = torch.randint(0, 7, (n,), generator=g)
+        whole = metrics.pair_similarities(e, y, max_pairs=max_pairs, seed=3, chunk=10**9)
+        for chunk in (1, 7, 1000):
+            parts = metrics.pair_similarities(e, y, max_pairs=max_pairs, seed=3, chunk=chunk)
+            for a, b in zip(whole, parts):
+                assert a.dtype == b.dtype and np.array_equal(a.view(np.int32), b.view(np.int32))
+
+
+def test_normalising_in_chunks_gives_the_same_points(tiny_run):
+    from s2t.frames import normalise_points
+
+    cache, _ = tiny_run
+    kp = store.open_cache(cache).load_keypoints(("pose", "left_hand", "right_hand"))
+    pose = kp.frames["pose"].copy()
+    pose[kp.offsets[3]:kp.offsets[4], 11:13] = np.nan  # a sample without shoulders: the fallback width
+    frames = {**kp.frames, "pose": pose}
+    comps = ["pose", "left_hand", "right_hand"]
+    whole = normalise_points(frames, pose, kp.offsets, comps, 0.25)
+    for chunk in (1, 7, 50):
+        part = normalise_points(frames, pose, kp.offsets, comps, 0.25, chunk=chunk)
+        assert np.array_equal(whole.view(np.int16), part.view(np.int16))
+
+
+def test_whole_budget_sizes_the_lru_to_what_the_rest_leaves(tiny_run, small_blocks, monkeypatch):
+    import s2t.data as data_module
+
+    cache, _ = tiny_run
+    cfg = tiny_cfg(*RUN, "stream=true", "memory_budget_mb=1")
+    plain = StreamingKeypointData(cache, cfg)
+    grown = {"bytes": 0}  # what the process is said to hold beyond what it held when the data were opened
+    opened = data_module.anon_bytes()
+    monkeypatch.setattr(data_module, "anon_bytes", lambda: opened + grown["bytes"])
+    whole = StreamingKeypointData(cache, cfg, whole_budget=True)
+    assert plain.reader.budget == whole.reader.budget == 1 << 20  # nothing held yet
+    rows = whole.rows("val")[:8]
+    grown["bytes"] = 600_000
+    a = whole.batch(rows)  # the rest holds 0.6 MB: the LRU keeps the other 0.4 MB
+    assert whole.held_bytes == 600_000 and whole.reader.budget == (1 << 20) - 600_000
+    grown["bytes"] = 3 << 20
+    time.sleep(0.05)  # the sampler sees it without a read, and the LRU's blocks beyond its floor go at once
+    floor = whole.MIN_BLOCKS * 50 * (2 * 3 * 75 + 4)
+    assert whole.reader.budget == floor and 0 < whole.reader.bytes_held <= floor
+    b = whole.batch(rows)  # more than the budget: the LRU keeps its floor, and reads go on
+    assert whole.reader.budget == floor and 0 < whole.reader.bytes_held <= floor
+    c = plain.batch(rows)
+    for x in (a, b):
+        assert torch.equal(x.x, c.x) and torch.equal(x.mask, c.mask)
+    whole.release()
+
+
+def test_report_reads_only_the_frames_of_its_clips(tiny_run, small_blocks):
+    from s2t.html_report import read_clips, stick_figure
+
+    cache, _ = tiny_run
+    c = store.open_cache(cache)
+    ids = [str(x) for x in c.samples["id"][::7]]
+    clips, _ = read_clips(cache, ids, budget=10**9)
+    reader = c.keypoint_reader(("pose", "left_hand", "right_hand"), 1 << 20)
+    for i in range(0, c.n, 7):  # the clips as the LRU reader reads them, blocks and all
+        assert clips[str(c.samples["id"][i])] == stick_figure(reader.read(i)[0], c.samples["fps"][i])

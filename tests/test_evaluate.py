@@ -1,9 +1,9 @@
 """`s2t eval`, `s2t compare` and `s2t translate` end to end on a tiny trained run.
 
-The run: the built-in synthetic corpus at its tiny scale (20 sentences x 6 signers, split by
-signer; the held-out signers sign each sentence twice) written straight into a cache, trained for
-20 steps on the CPU (enough for the decoder to emit words). It is far from converged: these tests
-check the plumbing and the consistency between the commands, not quality.
+The run (conftest.py's tiny_run): the built-in synthetic corpus at its tiny scale (20 sentences x 6
+signers, split by signer; the held-out signers sign each sentence twice) written straight into a
+cache, trained for 20 steps on the CPU (enough for the decoder to emit words). It is far from
+converged: these tests check the plumbing and the consistency between the commands, not quality.
 """
 import csv
 import json
@@ -15,70 +15,22 @@ import pytest
 import torch
 
 from preprocess.store import write_cache
-from preprocess.synthetic import generate_corpus
 from preprocess.text import load_tokenizer, tokenize
 from s2t import compare, evaluate, report, translate
-from s2t.config import load_config
-from s2t.data import Batch, KeypointData, Vocab, encode_texts, words_of
+from s2t.data import Batch
 from s2t.metrics import generation_metrics, recall_at
-from s2t.train import BEST, train
+from s2t.train import BEST
+from s2t.vocab import Vocab, encode_texts, words_of
+from tests.helpers import TRAINING_READ
 
 REQUIRED = ["pos_sim", "neg_sim", "ret1_v2t", "ret1_t2v", "ret5_v2t", "wer", "bleu4", "chrf",
             "visual_dependence_wer", "n_samples", "gallery_size"]
-TRAINING_READ: dict[str, set] = {}  # what the tiny run's training asked the data for (filled by tiny_run)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_corpus")
-    generate_corpus(root, "tiny", seed=0, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(corpus, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_run")
-    rows = list(csv.DictReader(open(corpus / "manifest.csv")))
-    texts = [r["text"] for r in rows]
-    ids, lengths = tokenize(load_tokenizer("default"), texts, 48)
-    # one fixed random unit vector per sentence stands in for the frozen sentence encoder
-    sentences = sorted(set(texts))
-    table = np.random.default_rng(0).standard_normal((len(sentences), 384)).astype(np.float32)
-    table /= np.linalg.norm(table, axis=1, keepdims=True)
-    emb = table[[sentences.index(t) for t in texts]]
-    cache = write_cache(root / "cache", [{**r, "label": "", "fps": float(r["fps"])} for r in rows],
-                        [np.load(corpus / r["path"]) for r in rows],
-                        text={"input_ids": ids, "lengths": lengths, "embeddings": emb,
-                              "tokenizer": "default", "text_model": "random"})
-    cfg = load_config("configs/train/tiny_cpu.yaml",
-                      ["max_steps=20", "batch_size=16", "lr=3e-3", "warmup_steps=2", "queue_size=32",
-                       "log_every=5", "eval_every=10", "ckpt_every=20"])
-    # record which splits training asks for and which samples it assembles: test must be neither
-    TRAINING_READ.update(splits=set(), batched=set())
-    real_rows, real_batch = KeypointData.rows, KeypointData.batch
-
-    def rows(self, split):
-        TRAINING_READ["splits"].add(split)
-        return real_rows(self, split)
-
-    def batch(self, idx, *args, **kwargs):
-        TRAINING_READ["batched"].update(self.split[np.asarray(idx)].tolist())
-        return real_batch(self, idx, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(KeypointData, "rows", rows)
-        mp.setattr(KeypointData, "batch", batch)
-        train(cfg, cache, root / "run")
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def evaluated(tiny_run):
-    # the default checkpoint (best on validation), as `translate` loads it: the translate tests
-    # compare its output with this one
-    assert evaluate.main(["--run", str(tiny_run), "--split", "test", "--beam", "2"]) == 0
-    out = tiny_run / "eval" / "test"
-    return tiny_run, json.loads((out / "summary.json").read_text()), out
+def corpus(tiny_synthetic_corpus):
+    """Here `corpus` is the synthetic corpus that conftest.py's tiny_run trains on."""
+    return tiny_synthetic_corpus
 
 
 def accented(text: str) -> str:
@@ -472,7 +424,7 @@ def test_swapped_outputs_are_the_decoders_real_output_for_the_partner_video():
     model = SignTranslator(ModelConfig(in_dim=1, vocab_size=data.vocab.size, pad_id=0, bos_id=2, eos_id=3,
                                        text_dim=len(SENTENCES), embed_dim=16, proj_dim=8, encoder_layers=1,
                                        decoder_layers=1, heads=2, ff_mult=2, dropout=0.0,
-                                       shared_head=False))
+                                       shared_head=False, logit_scale_init=2.0, logit_scale_max=4.6))
     out = evaluate.run_model(model, data, "test", batch_size=4, max_len=6)
     rows, perm = out.cat("index").numpy(), out.perm.numpy()
     assert (data.label[rows[perm]] != data.label[rows]).all()

@@ -1,5 +1,4 @@
 """`make features` end to end: real files in, sealed cache out; reuse, invalidation, failures, kill/resume."""
-import csv
 import json
 import os
 import signal
@@ -13,29 +12,7 @@ import pytest
 from preprocess.features import build_cache
 from preprocess.layout import COMPONENTS, COMPONENT_SLICES
 from preprocess.store import open_cache
-
-ROOT = Path(__file__).resolve().parent.parent
-SENTENCES = ["may i have your health insurance card", "where does it hurt", "do you have a fever",
-             "please take a deep breath"]
-
-
-def write_npy_corpus(folder: Path, n: int, frames: int = 20, seed: int = 0) -> tuple[Path, list]:
-    rng = np.random.default_rng(seed)
-    (folder / "kp").mkdir(parents=True, exist_ok=True)
-    rows, arrays = [], []
-    for i in range(n):
-        a = rng.normal(size=(frames + i % 5, 543, 3)).astype(np.float32)
-        a[::4, COMPONENT_SLICES["right_hand"]] = np.nan
-        np.save(folder / "kp" / f"v{i:03d}.npy", a)
-        arrays.append(a)
-        rows.append({"id": f"v{i:03d}", "path": f"kp/v{i:03d}.npy", "text": SENTENCES[i % len(SENTENCES)],
-                     "split": ["train", "train", "val", "test"][i % 4], "signer": f"s{i % 3}"})
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return manifest, arrays
+from tests.helpers import ROOT, write_npy_corpus
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])

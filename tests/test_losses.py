@@ -1,13 +1,13 @@
 """Each loss against a reference written independently here with plain loops over anchors
 (float64), for values and gradients."""
 import math
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from s2t.losses import CaptionLoss, ClipLoss, MemoryQueue, SupConLoss, gather_with_grad
+from tests.helpers import run_two_ranks
 
 
 def unit(n, d, seed):
@@ -211,20 +211,6 @@ def _distributed_worker(rank, world, init_file, v, t, labels, out_dir):
     torch.save({"clip": clip.detach(), "sup": sup.detach(), "gv": lv.grad, "gt": lt.grad,
                 "queue_labels": q.get()[1]}, f"{out_dir}/{rank}.pt")
     dist.destroy_process_group()
-
-
-def run_two_ranks(worker, args, timeout_s: float = 180) -> None:
-    """Run worker(rank, *args) in two spawned processes (the gloo tests); fail the test if they hang."""
-    import torch.multiprocessing as mp
-
-    # spawn, not fork: a forked child of a process whose OpenMP pool has run can deadlock
-    ctx = mp.start_processes(worker, args=args, nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the two gloo workers did not finish in {timeout_s:.0f} s")
 
 
 def test_two_ranks_equal_one_big_batch(tmp_path):

@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ def tiny(shared_head=False, vocab=50, token_ids=None, seed=0):
     torch.manual_seed(seed)
     c = ModelConfig(in_dim=10, vocab_size=vocab, pad_id=0, bos_id=1, eos_id=2, text_dim=6,
                     embed_dim=32, proj_dim=16, encoder_layers=2, decoder_layers=2, heads=4, ff_mult=4,
-                    dropout=0.0, shared_head=shared_head)
+                    dropout=0.0, shared_head=shared_head, logit_scale_init=math.log(1 / 0.07),
+                    logit_scale_max=math.log(100))
     return SignTranslator(c, token_ids).eval()
 
 
@@ -112,3 +114,4 @@ def test_parameter_groups_and_construction_from_preset():
     with torch.no_grad():
         m.logit_scale.fill_(10.0)
     assert m.clip_scale().item() == pytest.approx(100.0, rel=1e-5)  # clamped at ln 100
+

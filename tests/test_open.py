@@ -5,8 +5,9 @@ import torch
 
 from preprocess import synthetic
 from s2t.checkpoint import build_model
-from s2t.data import KeypointData, PKBatchSampler, samples_per_label
+from s2t.data import KeypointData
 from s2t.losses import Losses
+from s2t.sampler import PKBatchSampler, samples_per_label
 from tests.helpers import tiny_cfg
 
 

@@ -1,6 +1,6 @@
 """report.html: written by `s2t eval`, self-contained, and working in a real browser.
 
-The page is generated through the real eval path (the tiny trained run of tests/test_evaluate.py)
+The page is generated through the real eval path (the tiny trained run of tests/conftest.py)
 and opened from its file:// URL in headless Chromium (Debian's `chromium`, which `make setup`
 installs), driven by Playwright with that executable (no browser download).
 """
@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from s2t import html_report
-from tests.test_evaluate import corpus, evaluated, tiny_run  # noqa: F401  (fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -49,7 +48,7 @@ def page_of():
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_eval_writes_a_self_contained_report(evaluated):  # noqa: F811
+def test_eval_writes_a_self_contained_report(evaluated):
     _, summary, out = evaluated
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
@@ -64,7 +63,7 @@ def test_eval_writes_a_self_contained_report(evaluated):  # noqa: F811
     assert "**" not in page.split("<script")[0]  # the summary's markdown is rendered
 
 
-def test_report_works_in_headless_chromium(evaluated, page_of):  # noqa: F811
+def test_report_works_in_headless_chromium(evaluated, page_of):
     from PIL import Image
 
     _, summary, out = evaluated

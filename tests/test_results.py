@@ -10,10 +10,10 @@ import torch
 
 from preprocess.text import load_tokenizer
 from s2t.checkpoint import LAST, load_checkpoint
-from s2t.data import Vocab
 from s2t.evaluate import reference_texts, uncased
 from s2t.metrics import generation_metrics, sacrebleu_signatures
 from s2t.train import BEST, TrainingError, main, resolve_best_metric, train
+from s2t.vocab import Vocab
 from tests.helpers import TINY, losses_by_step, make_corpus, tiny_cfg
 
 GERMAN = ["Schön, dass Sie heute da sind.", "Haben Sie Schmerzen in der Brust?",

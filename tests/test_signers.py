@@ -6,10 +6,11 @@ import torch
 
 from preprocess import synthetic
 from preprocess.layout import COMPONENT_SLICES, POSE_INDEX
+from s2t.augment import arm_groups, yaw
 from s2t.baselines import keypoint_nearest_neighbour
 from s2t.config import ConfigError
-from s2t.data import (POSE_MIRROR, KeypointData, _arm_groups, dominant_left, mirror_permutation,
-                      normalise_keypoints)
+from s2t.data import KeypointData
+from s2t.frames import POSE_MIRROR, dominant_left, mirror_permutation, normalise_keypoints
 from tests.helpers import tiny_cfg
 
 COMPONENTS = ["pose", "left_hand", "right_hand"]
@@ -17,7 +18,7 @@ COMPONENTS = ["pose", "left_hand", "right_hand"]
 
 def mirror_clip(kp: np.ndarray) -> np.ndarray:
     """What a camera sees of the same signing done by the mirror-image person: x -> 1 - x in the
-    image, and every left landmark becomes the right one (written independently of s2t.data)."""
+    image, and every left landmark becomes the right one (written independently of s2t.frames)."""
     out = kp.copy()
     out[..., 0] = 1 - out[..., 0]
     pose = out[:, COMPONENT_SLICES["pose"]]
@@ -167,8 +168,8 @@ def test_yaw_turns_the_body_rigidly(corpus):  # noqa: F811
     table, _, first = data._frames_of(rows)
     flat, _ = data.frame_index(rows)
     before = table[flat].float()
-    groups = _arm_groups(tuple(data.components))
-    after = data._yaw(before.clone(), groups, np.radians(40), torch.Generator().manual_seed(0))
+    groups = arm_groups(tuple(data.components))
+    after = yaw(before.clone(), groups, np.radians(40), torch.Generator().manual_seed(0))
     xz = lambda p, i: p[:, :, i][..., [0, 2]]  # noqa: E731
     # shoulders (11, 12): their distance in the x-z plane and their height are kept
     span = lambda p: (xz(p, 11) - xz(p, 12)).norm(dim=-1)  # noqa: E731

@@ -1,5 +1,6 @@
 """The cache's byte layout (format 2) and its integrity: arrays stored raw in one piece and read
 straight into memory, checked once per process until a file changes, format 1 caches still read."""
+import dataclasses
 import json
 import os
 import shutil
@@ -180,11 +181,11 @@ def test_features_reuses_a_sealed_cache_of_an_older_format(tmp_path):
     folder instead of extracting every video again (its fingerprint carries the old version)."""
     from preprocess.features import _versions, build_cache, keypoint_fingerprint, load_settings
     from preprocess.manifest import read_manifest
-    from tests.test_features import write_npy_corpus
+    from tests.helpers import write_npy_corpus
 
     manifest, _ = write_npy_corpus(tmp_path / "data", 6)
     first = build_cache(manifest, tmp_path / "cache", jobs=1, progress=False)
-    kp = load_settings()["keypoints"]
+    kp = dataclasses.asdict(load_settings().keypoints)
     versions = _versions("mediapipe", "pose-format", "numpy", "opencv-contrib-python", "av")
     old_name = f"{manifest.stem}-{keypoint_fingerprint(read_manifest(manifest), kp, versions, 1)[:12]}"
     assert old_name != first.path.name

@@ -11,9 +11,9 @@ import torch
 
 import preprocess.store as store
 from preprocess.layout import POSE_INDEX
-from preprocess.text import load_tokenizer, tokenize
-from s2t.data import BatchFeed, KeypointData, PKBatchSampler, StreamingKeypointData
-from tests.helpers import SENTENCES, make_corpus, synthetic_sample, tiny_cfg
+from s2t.data import BatchFeed, KeypointData, StreamingKeypointData
+from s2t.sampler import PKBatchSampler
+from tests.helpers import FRAME_BYTES, make_corpus, tiny_cfg, write_large_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOULDERS = [POSE_INDEX["left_shoulder"], POSE_INDEX["right_shoulder"]]
@@ -108,59 +108,27 @@ def test_reader_lru_stays_within_its_budget_and_rereads_what_it_dropped(small_ch
 # trainer allocates - model, optimizer, activations, validation, the reader's LRU and the batches
 # read ahead - not only the data.
 PROBE = r"""
-import json, sys, threading
+import json, sys
 import torch
 torch.set_num_threads(1)
 from s2t.config import load_config
 from s2t.train import train
-
-def anon_bytes():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+from tests.helpers import PeakWatch, anon_bytes
 
 cache, run, *overrides = sys.argv[1:]
 train(load_config("configs/train/tiny_cpu.yaml", [*overrides, "max_steps=1", "eval_every=1"]), cache, run + "-warmup")
-baseline = peak = anon_bytes()
-done = threading.Event()
-def watch():
-    global peak
-    while not done.wait(0.002):
-        peak = max(peak, anon_bytes())
-threading.Thread(target=watch, daemon=True).start()
+baseline = anon_bytes()
+watch = PeakWatch()
 train(load_config("configs/train/tiny_cpu.yaml", overrides), cache, run)
-done.set()
-print(json.dumps({"growth_mb": (max(peak, anon_bytes()) - baseline) / 2**20}))
+peak = max([baseline, *watch.stop().values(), anon_bytes()])
+print(json.dumps({"growth_mb": (peak - baseline) / 2**20}))
 """
 
 
-def _large_cache(out, n_shards=48, shard_size=128, frames=64):
-    """170 MB of pose + hands once decoded: one shard of synthetic samples written n_shards times
-    under new ids (it compresses well on disk; decoded, every shard costs its full size)."""
-    rng = np.random.default_rng(0)
-    template = []
-    for i in range(shard_size):
-        kp = synthetic_sample(i % len(SENTENCES), rng, len(SENTENCES))
-        template.append(kp[np.resize(np.arange(len(kp)), frames)])  # fixed length: a known size
-    rows = []
-    for s in range(n_shards):
-        ids = [f"s{s}_{i}" for i in range(shard_size)]
-        store.write_keypoint_shard(out, s, "zarr", [{"id": x, "row": len(rows) + i, "fps": 15.0}
-                                                    for i, x in enumerate(ids)], template, [])
-        rows += [{"id": x, "text": SENTENCES[i % len(SENTENCES)], "split": "val" if s == 0 else "train",
-                  "signer": "p", "label": SENTENCES[i % len(SENTENCES)]} for i, x in enumerate(ids)]
-    store.seal_keypoints(out, n_shards, {"name": out.name, "fingerprint": "large", "format": "zarr",
-                                         "settings": {}, "versions": {}})
-    ids, lengths = tokenize(load_tokenizer("default"), [r["text"] for r in rows], 16)
-    emb = np.random.default_rng(1).normal(size=(len(SENTENCES), 384)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    ann = {k: [r[k] for r in rows] for k in ("id", "text", "split", "signer", "label")}
-    store.write_text_store(out, "large", "zarr", ann, ids, lengths, emb[[SENTENCES.index(r["text"]) for r in rows]],
-                           {"tokenizer": "default", "text_model": "random-per-sentence"})
-    return out, len(rows) * frames * (2 * 3 * (33 + 21 + 21) + 4)
-
-
 def test_streaming_trainer_stays_under_a_memory_cap_smaller_than_the_cache(tmp_path):
-    cache, decoded_bytes = _large_cache(tmp_path / "large")
+    cache = tmp_path / "large"  # 170 MB of pose + hands once decoded: 48 shards x 128 clips x 64 frames
+    info = write_large_cache(cache, 48 * 128 * 64 * FRAME_BYTES, shard_size=128, frames=64)
+    decoded_bytes = info["keypoint_mb"] * 2**20
     cap_mb, budget_mb = 96, 16
     assert decoded_bytes / 2**20 > 1.7 * cap_mb  # the cache is well above the cap
     overrides = ["embed_dim=64", "proj_dim=32", "heads=4", "batch_size=24", "max_steps=6", "log_every=1",

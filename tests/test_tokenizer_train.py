@@ -120,7 +120,7 @@ def test_the_same_sentences_give_byte_identical_vocabularies(tmp_path):
 
 def test_s2t_vocabulary_decodes_and_follows_a_moved_cache(corpus, tmp_path):
     from s2t.config import TrainConfig
-    from s2t.data import build_vocab, encode_texts, rebind_vocab
+    from s2t.vocab import build_vocab, encode_texts, rebind_vocab
     from s2t.evaluate import reference_texts, uncased
 
     _, _, res, name = corpus

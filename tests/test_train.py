@@ -16,8 +16,11 @@ from preprocess.layout import COMPONENT_SLICES
 from preprocess.store import open_cache
 from s2t.checkpoint import CheckpointError, load_checkpoint, load_run
 from s2t.config import ConfigError, load_config
-from s2t.data import KeypointData, PKBatchSampler, build_vocab, encode_texts, normalise_keypoints
+from s2t.data import KeypointData
+from s2t.frames import normalise_keypoints
+from s2t.sampler import PKBatchSampler
 from s2t.train import TrainingError, main, train
+from s2t.vocab import build_vocab, encode_texts
 from tests.helpers import SENTENCES, TINY, losses_by_step, synthetic_sample, tiny_cfg
 
 
@@ -140,6 +143,49 @@ def test_augmented_batches_are_valid_and_differ(corpus):
     dropped = a.x[..., -1] == 0
     rh = slice(3 * (33 + 21), 3 * (33 + 42))
     assert (a.x[..., rh][dropped] == 0).all()
+
+
+def test_hand_rotation_is_the_batched_matmul_bit_for_bit():
+    from s2t.augment import _rotation_matrices, rotate
+
+    g = torch.Generator().manual_seed(0)
+    rel = torch.randn(16, 9, 21, 3, generator=g)
+    rel[torch.rand(16, 9, 21, generator=g) < 0.1] = float("nan")
+    rel[:, :, 0] = 0  # the wrist: products of zero (and -0.0 sums) too
+    rot = _rotation_matrices(torch.nn.functional.normalize(torch.randn(16, 3, generator=g), dim=1),
+                             torch.rand(16, generator=g) - 0.5)
+    want, got = rel @ rot.transpose(1, 2)[:, None], rotate(rel, rot)
+    assert torch.equal(want.view(torch.int32), got.view(torch.int32))  # NaN where NaN, -0.0 where -0.0
+    planar = rel.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)  # another memory layout, same values
+    assert torch.equal(want.view(torch.int32), rotate(planar, rot).contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize("people", [False, True])
+def test_planar_batches_are_the_plain_layouts_batches(corpus, people):
+    """KeypointData.batch augments planar float32 points (s2t.frames.planar_points); the same
+    functions on points in their stored (B, T, P, 3) layout give the same batch, bit for bit."""
+    from s2t.augment import affine, arm_groups, dropout, personal_style
+    from s2t.frames import frame_features
+
+    on = [] if people else ["augment.time_warp=0", "augment.path_offset=0", "augment.hand_rotate_deg=0",
+                            "augment.finger_noise=0", "augment.yaw_deg=0"]
+    data = KeypointData(corpus, tiny_cfg("canonical_hand=right", "augment.hand_drop=0.3",
+                                         "augment.time_warp=0.3", "augment.path_offset=0.05",
+                                         "augment.hand_rotate_deg=20", "augment.finger_noise=0.03",
+                                         "augment.yaw_deg=20", *on))
+    rows = data.rows("train")[:24]
+    g1, dg1 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    got = data.batch(rows, g1, dg1)
+    g, dg = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    table, present, first = data._frames_of(rows)
+    flat, mask = data.frame_index(rows, g, first)
+    points = table[flat].float()
+    points = affine(points, data.cfg.augment, dg)
+    points = personal_style(points, data.cfg.augment, arm_groups(tuple(data.components)), dg)
+    x = frame_features(points, present[flat], data.components)
+    mask = dropout(x, mask, data.cfg.augment, data.components, dg)
+    assert torch.equal(got.x.view(torch.int32), x.view(torch.int32)) and torch.equal(got.mask, mask)
+    assert torch.equal(g.get_state(), g1.get_state()) and torch.equal(dg.get_state(), dg1.get_state())  # same draws
 
 
 # --------------------------------------------------------------------------------------- training
