@@ -161,8 +161,12 @@ def test_whole_budget_sizes_the_lru_to_what_the_rest_leaves(tiny_run, small_bloc
     a = whole.batch(rows)  # the rest holds 0.6 MB: the LRU keeps the other 0.4 MB
     assert whole.held_bytes == 600_000 and whole.reader.budget == (1 << 20) - 600_000
     grown["bytes"] = 3 << 20
-    time.sleep(0.05)  # the sampler sees it without a read, and the LRU's blocks beyond its floor go at once
     floor = whole.MIN_BLOCKS * 50 * (2 * 3 * 75 + 4)
+    # the sampler thread sees it without a read (every WATCH_S), and the LRU's blocks beyond its floor
+    # go at once: wait for it with a generous deadline, not a fixed sleep (shared, loaded machines)
+    deadline = time.monotonic() + 30
+    while whole.reader.budget != floor and time.monotonic() < deadline:
+        time.sleep(whole.WATCH_S)
     assert whole.reader.budget == floor and 0 < whole.reader.bytes_held <= floor
     b = whole.batch(rows)  # more than the budget: the LRU keeps its floor, and reads go on
     assert whole.reader.budget == floor and 0 < whole.reader.bytes_held <= floor
