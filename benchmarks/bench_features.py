@@ -42,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from joblib.externals.loky import get_reusable_executor  # noqa: E402
 from preprocess import features  # noqa: E402
 from preprocess import mediapipe_extract as mpx  # noqa: E402  (imports cv2, not mediapipe)
 from tests.media import make_person_video  # noqa: E402
@@ -156,6 +157,9 @@ def _make_features(manifest: Path, cache_root: Path, workers: int, shard_size: i
         conn.send(_build(manifest, cache_root, workers, shard_size, fps))
     except Exception as e:  # said in the parent
         conn.send(RuntimeError(f"{type(e).__name__}: {e}"))
+    finally:
+        if workers > 1:  # loky's idle workers wait 5 minutes for more work, and this process's exit waits for them
+            get_reusable_executor(reuse=True).shutdown(wait=True)
 
 
 def _build(manifest: Path, cache_root: Path, workers: int, shard_size: int, fps) -> dict:

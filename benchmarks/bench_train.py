@@ -15,10 +15,10 @@ one training batch assembled by `KeypointData.batch` (frame index selection, gat
 frame features) against one whole step of s2t.train.train_step (the trainer's own step: getting its
 batch from the BatchFeed + forward + backward + AdamW) of tiny_cpu at batch 128, in one process with
 the same thread count, medians of interleaved repeats; with tiny_cpu's augmentation and with the
-recipe's (TrainConfig's Augment defaults: tiny_cpu turns the people augmentations off). "Wait" is
-the part of the step the loop spends getting its batch (StepResult.data_s), what a user pays: the
-whole assembly in memory; with `stream: true` the feed reads the next batches' samples on a
-background thread and the loop waits only for what remains on its own thread.
+recipe's (TrainConfig's Augment defaults: tiny_cpu turns the people augmentations off), in memory
+and streamed. Two trainers take turns, step by step: one makes its batches in the loop
+(prefetch_batches 0), the other ahead on its feed's thread (the default). "Wait" is the part of
+the step the loop spends getting its batch (StepResult.data_s), what a user pays.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from s2t.config import Augment, load_config  # noqa: E402
 from s2t.data import BatchFeed, KeypointData, load_data  # noqa: E402
 from s2t.losses import Losses  # noqa: E402
 from s2t.sampler import PKBatchSampler  # noqa: E402
-from s2t.train import Job, TrainState, make_generators, make_sampler, resolve_precision, train_step  # noqa: E402
+from s2t.train import (Job, TrainState, batch_assembler, make_generators, make_sampler,  # noqa: E402
+                       resolve_precision, train_step)
 
 CONFIGS = {"tiny_cpu": ROOT / "configs/train/tiny_cpu.yaml", "recommended": ROOT / "configs/train/recommended.yaml"}
 BATCHES = (32, 128, 256)
@@ -141,14 +142,11 @@ AUGMENTATIONS = {"tiny_cpu": [], "recipe": [f"augment.{k}={v}" for k, v in vars(
 SHARE_TARGET = 0.01  # issue 14: batch assembly <= 1 % of a tiny_cpu step at batch 128 on the CPU
 
 
-def batch_share(cache: Path, augmentation: str, steps: int, device: torch.device, batch: int = 128,
-                stream: bool = False, assemblies: int = 3, warmup: int = 2) -> dict:
-    """Batch assembly vs a whole training step of tiny_cpu (see the module doc). Per step, the
-    trainer's step is timed, then `assemblies` standalone `data.batch` calls (their own sampler and
-    generators, the step's batch size and augmentation); in memory only (streamed: the wait alone).
-    Wall and thread CPU time (the machine may be shared; with one intra-op thread the step's
-    compute runs on this thread)."""
-    overrides = [f"batch_size={batch}", "device=" + device.type, *AUGMENTATIONS[augmentation]]
+def _tiny_trainer(cache: Path, augmentation: str, device: torch.device, batch: int, stream: bool, ahead: int):
+    """tiny_cpu's trainer as s2t.train builds it: (data, step function, feed, config, overrides). ahead: batches its
+    feed makes ahead on its thread (prefetch_batches; 0: in the loop)."""
+    overrides = [f"batch_size={batch}", "device=" + device.type, f"prefetch_batches={ahead}",
+                 *AUGMENTATIONS[augmentation]]
     if stream:
         overrides += ["stream=true", "memory_budget_mb=4096"]
     cfg = load_config(CONFIGS["tiny_cpu"], overrides)
@@ -165,54 +163,87 @@ def batch_share(cache: Path, augmentation: str, steps: int, device: torch.device
     state = TrainState(model, losses, opt, torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
                        make_generators(cfg, job))
     rows = data.rows("train")
-    feed = BatchFeed(data, make_sampler(cfg, data, rows, job), rows, cfg.prefetch_batches)
+    feed = BatchFeed(data, make_sampler(cfg, data, rows, job), rows, batch_assembler(cfg, losses, state.gens),
+                     state.gens, cfg.prefetch_batches)
+    return data, (lambda: train_step(state, model, data, feed, cfg, autocast, 1)), feed, cfg, overrides
+
+
+def batch_share(cache: Path, augmentation: str, steps: int, device: torch.device, batch: int = 128,
+                stream: bool = False, ahead: int = 2, assemblies: int = 3, warmup: int = 2) -> dict:
+    """Batch assembly vs a whole training step of tiny_cpu (see the module doc). Two trainers, the
+    same but for where batches are made (in the loop; `ahead` on the feed's thread), take turns:
+    one step each, in alternating order, so that the machine's drift hits both alike; after the
+    in-loop trainer's step, `assemblies` standalone `data.batch` calls (in memory; their own
+    sampler and generators, the step's batch size and augmentation). Wall and thread CPU time."""
+    data, step_loop, feed_loop, cfg, overrides = _tiny_trainer(cache, augmentation, device, batch, stream, 0)
+    _, step_ahead, feed_ahead, _, _ = _tiny_trainer(cache, augmentation, device, batch, stream, ahead)
+    rows = data.rows("train")
     own = PKBatchSampler(data.label_np[rows], data.lengths[rows], batch, cfg.samples_per_label, seed=1)
     gens = (torch.Generator().manual_seed(2), torch.Generator(device=device).manual_seed(3))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {k: [] for k in ("step", "step_cpu", "wait", "assembly", "assembly_cpu")}
+    times = {k: [] for k in ("step", "step_cpu", "wait", "assembly", "assembly_cpu", "step_ahead", "wait_ahead")}
+
+    def timed_step(step, into: str, wait: str, keep: bool) -> None:
+        sync()
+        t, c = time.perf_counter(), time.thread_time()
+        done = step()
+        sync()
+        if keep:
+            times[into].append(time.perf_counter() - t)
+            times[wait].append(done.data_s)
+            if into == "step":
+                times["step_cpu"].append(time.thread_time() - c)
+
     try:
         for i in range(warmup + steps):
-            sync()
-            t, c = time.perf_counter(), time.thread_time()
-            done = train_step(state, model, data, feed, cfg, autocast, 1)
-            sync()
-            if i >= warmup:
-                times["step"].append(time.perf_counter() - t)
-                times["step_cpu"].append(time.thread_time() - c)
-                times["wait"].append(done.data_s)
-            for _ in range(assemblies if not data.streams else 0):
-                idx = rows[next(own)]
-                sync()
-                t, c = time.perf_counter(), time.thread_time()
-                b = data.batch(idx, *gens)
-                sync()
-                if i >= warmup:
-                    times["assembly"].append(time.perf_counter() - t)
-                    times["assembly_cpu"].append(time.thread_time() - c)
+            keep = i >= warmup
+            for turn in ((0, 1) if i % 2 == 0 else (1, 0)):
+                if turn == 1:
+                    timed_step(step_ahead, "step_ahead", "wait_ahead", keep)
+                    continue
+                timed_step(step_loop, "step", "wait", keep)
+                for _ in range(assemblies if not data.streams else 0):
+                    idx = rows[next(own)]
+                    sync()
+                    t, c = time.perf_counter(), time.thread_time()
+                    b = data.batch(idx, *gens)
+                    sync()
+                    if keep:
+                        times["assembly"].append(time.perf_counter() - t)
+                        times["assembly_cpu"].append(time.thread_time() - c)
     finally:
-        feed.close()
+        feed_loop.close()
+        feed_ahead.close()
     med = {k: float(np.median(v)) if v else None for k, v in times.items()}
     res = {"config": "tiny_cpu", "augmentation": augmentation, "overrides": overrides, "batch": batch,
-           "frames": int(b.x.shape[1]) if not data.streams else cfg.max_frames, "stream": stream,
+           "frames": int(b.x.shape[1]) if med["assembly"] is not None else None, "stream": stream,
+           "made_ahead": ahead, "threads": torch.get_num_threads(),
            "steps_timed": steps, "warmup_steps": warmup, "assemblies_timed": len(times["assembly"]),
            "step_ms": 1000 * med["step"], "step_cpu_ms": 1000 * med["step_cpu"], "wait_ms": 1000 * med["wait"],
-           "wait_share": med["wait"] / med["step"]}
+           "wait_share": med["wait"] / med["step"],
+           "ahead_step_ms": 1000 * med["step_ahead"], "ahead_wait_ms": 1000 * med["wait_ahead"],
+           "ahead_wait_share": med["wait_ahead"] / med["step_ahead"],
+           # each ahead step against the in-loop step next to it
+           "ahead_vs_loop_step": float(np.median(np.array(times["step_ahead"]) / np.array(times["step"])))}
     if med["assembly"] is not None:
         compute = float(np.median(np.array(times["step"]) - np.array(times["wait"])))  # forward + backward + AdamW
         res |= {"assembly_ms": 1000 * med["assembly"], "assembly_cpu_ms": 1000 * med["assembly_cpu"],
                 "assembly_share": med["assembly"] / med["step"],
                 "assembly_share_of_compute": med["assembly"] / compute,
-                "assembly_share_cpu": med["assembly_cpu"] / med["step_cpu"],
-                "met": med["assembly"] / med["step"] <= SHARE_TARGET}
+                "assembly_share_cpu": med["assembly_cpu"] / med["step_cpu"]}
+    res["met"] = res["ahead_wait_share"] <= SHARE_TARGET
     res["raw_s"] = times
     return res
 
 
 def share_line(r: dict) -> str:
     what = (f"assembly {r['assembly_ms']:.2f} ms = {100 * r['assembly_share']:.2f}% of a step "
-            f"(CPU time: {100 * r['assembly_share_cpu']:.2f}%), " if "assembly_ms" in r else "")
-    return (f"tiny_cpu batch {r['batch']}, {r['augmentation']} augmentation{', streamed' if r['stream'] else ''}: "
-            f"{what}step {r['step_ms']:.0f} ms, the loop waits {r['wait_ms']:.2f} ms = {100 * r['wait_share']:.2f}%")
+            f"(CPU time: {100 * r['assembly_share_cpu']:.2f}%); " if "assembly_ms" in r else "")
+    return (f"tiny_cpu batch {r['batch']}, {r['augmentation']} augmentation{', streamed' if r['stream'] else ''}, "
+            f"{r['threads']} thread(s): {what}made in the loop: step {r['step_ms']:.0f} ms, the loop waits "
+            f"{r['wait_ms']:.2f} ms = {100 * r['wait_share']:.2f}%; made {r['made_ahead']} ahead: step "
+            f"{r['ahead_step_ms']:.0f} ms ({r['ahead_vs_loop_step']:.3f}x), the loop waits {r['ahead_wait_ms']:.2f} ms "
+            f"= {100 * r['ahead_wait_share']:.2f}%")
 
 
 def padding(n_clips: int, n_sentences: int, max_frames: int, batch: int, k: int, batches: int = 200) -> dict:
@@ -292,7 +323,7 @@ def main(argv=None) -> int:
         if args.share_steps:
             shares = {"what": "KeypointData.batch of one training batch vs one s2t.train.train_step of tiny_cpu, "
                               "same process and threads, medians (see benchmarks/bench_train.py)",
-                      "target": f"assembly_share <= {SHARE_TARGET}", "machine": dict(result["machine"]), "rows": []}
+                      "target": f"ahead_wait_share <= {SHARE_TARGET}", "machine": dict(result["machine"]), "rows": []}
             for augmentation, stream in (("tiny_cpu", False), ("recipe", False), ("tiny_cpu", True),
                                          ("recipe", True)):
                 r = batch_share(cache, augmentation, args.share_steps, device, stream=stream)

@@ -896,14 +896,25 @@ class KeypointReader:
                 return self._blocks[key]
             block = self._read_block(j, k, self.names)
             size = sum(a.nbytes for a in block.values())
-            while self._blocks and self.bytes_held + size > self.budget:
-                _, old = self._blocks.popitem(last=False)
-                self.bytes_held -= sum(a.nbytes for a in old.values())
+            self._evict_to(self.budget - size)
             self._blocks[key] = block
             self.bytes_held += size
             self.peak_bytes = max(self.peak_bytes, self.bytes_held)
             self.blocks_read += 1
             return block
+
+    def resize(self, budget_bytes: int) -> None:
+        """Set the LRU's budget; blocks beyond it go now (oldest first), not at the next read.
+        Evaluation lowers it while it runs, as its other memory grows (s2t/data.py)."""
+        with self._lock:
+            self.budget = budget_bytes
+            self._evict_to(budget_bytes)
+
+    def _evict_to(self, limit: int) -> None:
+        """Drop the oldest blocks until at most `limit` bytes are held (caller holds the lock)."""
+        while self._blocks and self.bytes_held > limit:
+            _, old = self._blocks.popitem(last=False)
+            self.bytes_held -= sum(a.nbytes for a in old.values())
 
     def _read_block(self, j: int, k: int, names) -> dict[str, np.ndarray]:
         stop = min(int(self.shard_frames[j]), (k + 1) * FRAME_CHUNK)

@@ -235,6 +235,17 @@ def _local_copy_cached(url: str) -> str:
     return str(folder)
 
 
+def mean_pool_normalise(hidden, attention):
+    """Sentence embedding of a (batch, tokens, dim) float tensor: the mean over the tokens the
+    (batch, tokens) attention mask keeps, L2-normalised. SentenceEncoder.embed and the trainable
+    text tower (s2t/text_tower.py) share it, so a tuned tower starts exactly at the cached vectors."""
+    import torch
+
+    mask = attention.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 class SentenceEncoder:
     """Frozen pretrained text encoder: mean-pooled (over the attention mask), L2-normalised embeddings."""
 
@@ -266,7 +277,6 @@ class SentenceEncoder:
                 enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt").to(self.device)
                 hidden = self.model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-                out[start:start + len(pooled)] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+                vectors = mean_pool_normalise(hidden, enc["attention_mask"])
+                out[start:start + len(vectors)] = vectors.cpu().numpy()
         return out

@@ -127,7 +127,7 @@ class TrainConfig:
     bucket_batches: int = 50         # length bucketing window, in batches (sort by length inside it)
     stream: bool = False             # read samples from the cache batch by batch (caches larger than memory)
     memory_budget_mb: int = 1024     # stream: decoded keypoints held in memory at most (LRU of storage chunks)
-    prefetch_batches: int = 2        # stream: batches read ahead on a background thread (0: read in the loop)
+    prefetch_batches: int = 2        # batches made ahead on a background thread while the loop trains (0: in the loop)
     augment: Augment = field(default_factory=Augment)
     canonical_hand: str = "right"    # "right": mirror clips signed mainly with the left hand (x negated,
                                      # left/right landmarks swapped) at training, eval and translate;

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from preprocess.layout import COMPONENT_SIZES, COMPONENTS
-from preprocess.store import KeypointReader
 
 from .augment import affine, arm_groups, dropout, personal_style
 from .frames import (FALLBACK_WIDTH, canonicalise_hands, feature_dim, frame_features, good_shoulder_widths,
@@ -44,6 +43,7 @@ class Batch:
     index: torch.Tensor     # (B,) row in the cache
     text_ids: torch.Tensor | None = None        # (B, Lt) the text model's token ids (text_encoder: finetune only)
     text_attention: torch.Tensor | None = None  # (B, Lt) 1 on real tokens of text_ids
+    dec_in: torch.Tensor | None = None          # (B, L - 1) training: the decoder's input (s2t.train.batch_assembler)
 
 
 class KeypointData:
@@ -281,7 +281,7 @@ class StreamingKeypointData(KeypointData):
     per-sample arrays, the batches being read and the model pass on them, what the caller keeps,
     what the allocator keeps of freed memory) is measured as the process's anonymous resident
     memory beside the LRU, its highest value so far, sampled every WATCH_S on a thread and at every
-    read; the LRU is cut to the budget minus that at once (`_LRUReader.resize`), never below
+    read; the LRU is cut to the budget minus that at once (`KeypointReader.resize`), never below
     MIN_BLOCKS blocks. Linux; elsewhere the LRU keeps the whole budget. Only which blocks are read
     again changes, never a value read.
     What glibc keeps of freed memory (holes in its heap) counts in the rest, so it shrinks the LRU;
@@ -312,7 +312,7 @@ class StreamingKeypointData(KeypointData):
 
     def _open_keypoints(self, cache) -> None:
         needed = list(dict.fromkeys(["pose", *self.components]))
-        self.reader = _LRUReader(cache, needed, self.cfg.memory_budget_mb << 20)
+        self.reader = cache.keypoint_reader(needed, self.cfg.memory_budget_mb << 20)
         # One pass over the poses for the median shoulder width (the fallback of a sample with no
         # shoulder in any frame) as the in-memory path computes it; 4 bytes per frame, freed at once.
         widths = [good_shoulder_widths(block["pose"]) for block in self.reader.scan(["pose"])]
@@ -393,7 +393,7 @@ class StreamingKeypointData(KeypointData):
         if self._watch is not None:
             self._watch.set()  # no reads past this point: nothing left to fit
         old = self.reader
-        self.reader = _LRUReader(old.cache, [n for n in old.names if n != "present"], old.budget)
+        self.reader = old.cache.keypoint_reader([n for n in old.names if n != "present"], old.budget)
         del old
         self._untune()
         trim_heap()
@@ -410,18 +410,6 @@ class StreamingKeypointData(KeypointData):
             self._untune()
         except Exception:  # (at interpreter exit ctypes may be gone already)
             pass
-
-
-class _LRUReader(KeypointReader):
-    """The cache's KeypointReader, whose budget can also be lowered at once (`resize`)."""
-
-    def resize(self, budget: int) -> None:
-        """Set the LRU's budget; blocks beyond it go now (oldest first), not at the next read."""
-        with self._lock:
-            self.budget = budget
-            while self._blocks and self.bytes_held > budget:
-                _, old = self._blocks.popitem(last=False)
-                self.bytes_held -= sum(a.nbytes for a in old.values())
 
 
 def anon_bytes() -> int | None:
@@ -475,28 +463,31 @@ def load_data(cache_dir, cfg, device="cpu", vocab: Vocab | None = None, whole_bu
 
 
 class BatchFeed:
-    """The training loop's batch rows, drawn from the sampler; when the data streams, the rows of
-    the next `depth` batches are drawn and their samples read (I/O, decoding, normalisation) on a
-    background thread. Augmentation stays on the caller's thread with its generators, so batches
-    and every RNG stream are exactly the in-memory path's, and state_dict() is the sampler state
-    after the last batch handed out: a checkpoint never counts batches read ahead but not trained on."""
+    """The training loop's batches, in order: rows drawn from the sampler, samples read (streaming),
+    then `assemble(data, rows, frames)` (data.batch with the augmentation generators, and whatever
+    else the step draws from them). With depth > 0 the next `depth` batches are made on a
+    background thread while the loop trains (PyTorch's ops release the GIL), one after another in
+    the loop's order: the same draws from the same generators, so every batch is the one the loop
+    would have made itself, bit for bit. `gens` are those generators; state_dict() and
+    generator_states() are the sampler's and theirs after the last batch handed out: a checkpoint
+    never counts batches made ahead but not trained on, and a resumed run makes them again."""
 
-    def __init__(self, data: KeypointData, sampler, rows: np.ndarray, depth: int = 2):
+    def __init__(self, data: KeypointData, sampler, rows: np.ndarray, assemble, gens: dict[str, torch.Generator],
+                 depth: int = 2):
         self.data, self.sampler, self.rows = data, sampler, np.asarray(rows)
-        self.depth = depth if data.streams else 0
-        self._state = None
+        self.assemble, self.gens, self.depth = assemble, gens, depth
+        self._state: tuple[dict, dict] | None = None
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._threads = torch.get_num_threads()
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        """-> (cache rows of the batch, what to pass to data.batch(rows, ..., frames=))."""
+    def __next__(self) -> Batch:
         if self.depth == 0:
-            rows = self.rows[next(self.sampler)]
-            return rows, (self.data.read_frames(rows) if self.data.streams else None)
+            return self._make()
         if self._thread is None:
             self._queue = queue.Queue(maxsize=self.depth)
             self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True)
@@ -504,15 +495,24 @@ class BatchFeed:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        rows, frames, self._state = item
-        return rows, frames
+        batch, self._state = item
+        return batch
+
+    def _make(self) -> Batch:
+        rows = self.rows[next(self.sampler)]
+        return self.assemble(self.data, rows, self.data.read_frames(rows) if self.data.streams else None)
 
     def _work(self) -> None:
+        # One intra-op thread here: the loop's ops keep every core, and an OpenMP team of this
+        # thread's own would contend with theirs (its threads spin between ops). OpenMP keeps the
+        # thread count per thread; close() puts back the default that threads started later inherit.
+        torch.set_num_threads(1)
         try:
             while not self._stop.is_set():
-                rows = self.rows[next(self.sampler)]
-                item = (rows, self.data.read_frames(rows), copy.deepcopy(self.sampler.state_dict()))
-                self._put(item)
+                batch = self._make()
+                state = (copy.deepcopy(self.sampler.state_dict()),
+                         {name: g.get_state() for name, g in self.gens.items()})
+                self._put((batch, state))
         except BaseException as e:  # handed to the training thread, raised there
             self._put(e)
 
@@ -525,12 +525,18 @@ class BatchFeed:
                 continue
 
     def state_dict(self) -> dict:
-        return self._state if self._state is not None else self.sampler.state_dict()
+        return self._state[0] if self._state is not None else self.sampler.state_dict()
+
+    def generator_states(self) -> dict[str, torch.Tensor]:
+        if self._state is not None:
+            return self._state[1]
+        return {name: g.get_state() for name, g in self.gens.items()}
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            torch.set_num_threads(self._threads)
 
 
 def _watch_memory(ref, stop: threading.Event, every_s: float) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from preprocess.text import load_tokenizer, mean_pool_normalise, vocab_hash
 
 from .config import ConfigError
 
@@ -163,16 +164,11 @@ class TextTower(nn.Module):
             hidden = self._run(hidden, u_att, self.model.encoder.layer[self.frozen_layers:])
         else:
             hidden = self.model(input_ids=u_ids, attention_mask=u_att).last_hidden_state
-        hidden = hidden.float()
-        mask = u_att.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return F.normalize(pooled, dim=-1)[inverse]
+        return mean_pool_normalise(hidden.float(), u_att)[inverse]
 
     def tokenize(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """New sentences -> (ids, attention) with the text model's own tokenizer, as
         SentenceEncoder tokenises them (up to 256 tokens)."""
-        from preprocess.text import load_tokenizer
-
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.text_model)
         enc = self._tokenizer(list(sentences), padding=True, truncation=True, max_length=TOKENS_MAX,
@@ -194,7 +190,6 @@ def tower_inputs(text_arrays, texts) -> tuple[np.ndarray, np.ndarray]:
     for the text tower. The cache's own WordPiece ids when its tokenizer has the text model's
     vocabulary and no sentence fills the stored width (it may have been cut); otherwise the
     sentences tokenised again with the text model's tokenizer, as SentenceEncoder did."""
-    from preprocess.text import load_tokenizer, vocab_hash
 
     ids = np.asarray(text_arrays.input_ids, np.int64)
     lengths = np.asarray(text_arrays.lengths, np.int64)

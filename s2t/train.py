@@ -39,7 +39,7 @@ from .checkpoint import (BEST, CONFIG, LAST, RUN_INFO, CheckpointError, build_mo
                          load_checkpoint, read_run, remove_stale_temps, save_checkpoint, strip,
                          write_run_info)
 from .config import ConfigError, TrainConfig, load_config
-from .data import BatchFeed, KeypointData, load_data
+from .data import Batch, BatchFeed, KeypointData, load_data
 from .device import resolve_device
 from .losses import Losses
 from .metrics import derangement, embedding_metrics
@@ -79,6 +79,21 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     if p == "fp16" and device.type != "cuda":
         raise TrainingError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[p]
+
+
+def batch_assembler(cfg: TrainConfig, losses, gens: dict[str, torch.Generator]):
+    """What the BatchFeed makes of a batch's rows: data.batch with the augmentation generators, then
+    the decoder's input with token dropout, drawn from the same generator right after the batch's
+    augmentation (the order the loop used when it made batches itself)."""
+    def assemble(data: KeypointData, rows: np.ndarray, frames) -> Batch:
+        batch = data.batch(rows, gens["aug_time"], gens["aug_space"], frames=frames)
+        if losses.needs_decoder:
+            batch.dec_in = batch.tokens[:, :-1]
+            if cfg.token_dropout > 0:
+                batch.dec_in = drop_tokens(batch.dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad,
+                                           gens["aug_space"])
+        return batch
+    return assemble
 
 
 def drop_tokens(inputs: torch.Tensor, p: float, unk: int, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -199,7 +214,8 @@ class TrainState:
     counters: dict = field(default_factory=lambda: {"bad_steps": 0, "samples_seen": 0, "best": None})
 
 
-def training_state(model, opt, scaler, sampler, gens, losses, step, counters) -> tuple[dict, dict]:
+def training_state(model, opt, scaler, sampler, gen_states: dict[str, torch.Tensor], losses, step,
+                   counters) -> tuple[dict, dict]:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     osd = opt.state_dict()
     for pid, state in osd["state"].items():
@@ -212,8 +228,8 @@ def training_state(model, opt, scaler, sampler, gens, losses, step, counters) ->
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
-    for name, g in gens.items():
-        tensors[f"rng.{name}"] = g.get_state()
+    for name, g_state in gen_states.items():
+        tensors[f"rng.{name}"] = g_state
     meta = {"step": step, "optim_groups": osd["param_groups"], "scaler": scaler.state_dict(),
             "sampler": sampler.state_dict(), **counters}
     return tensors, meta
@@ -290,9 +306,11 @@ def train(cfg: TrainConfig, cache_dir, run_dir, resume: bool = False, stop_after
         info = {**info, "best_metric": best_metric, "best": state.counters["best"]}  # run.json says which step is best
         write_run_info(run_dir, cfg, info)  # the resolved config (with resume overrides) + vocabulary
 
-    # --- the loop. Streaming: the next batches' samples are read on a background thread; the feed's
-    # state is the sampler's after the last batch trained on, so checkpoints stay exact
-    feed = BatchFeed(data, sampler, train_rows, cfg.prefetch_batches)
+    # --- the loop. The next batches are made on a background thread while this one trains; the
+    # feed's sampler and generator states are those after the last batch trained on, so
+    # checkpoints stay exact
+    feed = BatchFeed(data, sampler, train_rows, batch_assembler(cfg, losses, state.gens), state.gens,
+                     cfg.prefetch_batches)
     run_log = RunLog(run_dir, main_proc, state.step, cfg.max_steps)
     val = {}
     model.train()
@@ -474,7 +492,7 @@ def train_step(state: TrainState, model, data: KeypointData, feed: BatchFeed, cf
                world: int) -> StepResult:
     """One optimizer step over cfg.accumulation_steps micro-batches; advances state.step. A loss that
     is NaN/inf on any rank skips the step, counted: more than max_bad_steps stop the run."""
-    losses, gens, opt, scaler, counters = state.losses, state.gens, state.opt, state.scaler, state.counters
+    losses, opt, scaler, counters = state.losses, state.opt, state.scaler, state.counters
     lr = lr_at(state.step, cfg)
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: the fine-tuned text tower's groups
@@ -485,16 +503,12 @@ def train_step(state: TrainState, model, data: KeypointData, feed: BatchFeed, cf
     queue_on = state.step >= cfg.queue_start
     for micro in range(cfg.accumulation_steps):
         t_data = time.perf_counter()
-        rows, frames = next(feed)
-        batch = data.batch(rows, gens["aug_time"], gens["aug_space"], frames=frames)
+        batch = next(feed)
         data_s += time.perf_counter() - t_data
         # DDP: all-reduce gradients once per step, on the last micro-batch
         last_micro = micro == cfg.accumulation_steps - 1
-        dec_in = batch.tokens[:, :-1] if losses.needs_decoder else None
-        if dec_in is not None and cfg.token_dropout > 0:
-            dec_in = drop_tokens(dec_in, cfg.token_dropout, data.vocab.unk, data.vocab.pad, gens["aug_space"])
         with (model.no_sync() if world > 1 and not last_micro else nullcontext()), autocast():
-            out = model(batch.x, batch.mask, dec_in,
+            out = model(batch.x, batch.mask, batch.dec_in,
                         batch.text_emb if losses.needs_text else None, heads=losses.heads(),
                         text_ids=batch.text_ids, text_attention=batch.text_attention)
             total, parts = losses(out, batch, use_queue=queue_on)
@@ -555,7 +569,7 @@ def validate_and_log(state: TrainState, data: KeypointData, cfg: TrainConfig, au
 def write_checkpoint(state: TrainState, feed: BatchFeed, run_dir: Path, cfg: TrainConfig, info: dict,
                best: bool = False) -> None:
     """step-NNNNNN.safetensors, linked as last (and as best), the oldest beyond keep_checkpoints removed."""
-    tensors, meta = training_state(state.model, state.opt, state.scaler, feed, state.gens, state.losses,
+    tensors, meta = training_state(state.model, state.opt, state.scaler, feed, feed.generator_states(), state.losses,
                                    state.step, state.counters)
     periodic = run_dir / f"step-{state.step:06d}.safetensors"
     save_checkpoint(periodic, tensors, meta)

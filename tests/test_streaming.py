@@ -53,7 +53,7 @@ def _assert_same_batch(a, b):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
-def test_streamed_batches_equal_the_in_memory_batches(small_chunks_corpus):
+def test_batches_made_ahead_or_streamed_equal_those_made_in_the_loop(small_chunks_corpus):
     path = small_chunks_corpus
     memory = KeypointData(path, tiny_cfg())
     streamed = StreamingKeypointData(path, tiny_cfg("stream=true", "memory_budget_mb=1"))
@@ -62,20 +62,26 @@ def test_streamed_batches_equal_the_in_memory_batches(small_chunks_corpus):
 
     def feed(data, depth):
         sampler = PKBatchSampler(memory.label_np[rows], memory.lengths[rows], 24, 4, seed=3)
-        return BatchFeed(data, sampler, rows, depth)
+        gens = {"aug_time": torch.Generator().manual_seed(1), "aug_space": torch.Generator().manual_seed(2)}
 
-    in_memory, prefetched = feed(memory, 0), feed(streamed, 2)
-    gens = [[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)] for _ in range(2)]
+        def assemble(d, batch_rows, frames):
+            return d.batch(batch_rows, gens["aug_time"], gens["aug_space"], frames=frames)
+        return BatchFeed(data, sampler, rows, assemble, gens, depth)
+
+    in_memory, ahead, streamed_ahead = feed(memory, 0), feed(memory, 2), feed(streamed, 2)
     try:
         for _ in range(12):  # more than an epoch (72 train samples / 24): the epoch boundary is crossed
-            (rows_a, frames_a), (rows_b, frames_b) = next(in_memory), next(prefetched)
-            np.testing.assert_array_equal(rows_a, rows_b)
-            _assert_same_batch(memory.batch(rows_a, *gens[0], frames=frames_a),
-                               streamed.batch(rows_b, *gens[1], frames=frames_b))
-            # the checkpointed sampler state is the one after the batch handed out, not after the read-ahead
-            assert prefetched.state_dict() == in_memory.state_dict()
+            a, b, c = next(in_memory), next(ahead), next(streamed_ahead)
+            _assert_same_batch(a, b)
+            _assert_same_batch(a, c)
+            # checkpointed states are those after the batch handed out, not after the ones made ahead
+            assert ahead.state_dict() == in_memory.state_dict() == streamed_ahead.state_dict()
+            for other in (ahead, streamed_ahead):
+                for name, state in in_memory.generator_states().items():
+                    assert torch.equal(other.generator_states()[name], state), name
     finally:
-        prefetched.close()
+        ahead.close()
+        streamed_ahead.close()
     for a, b in zip(memory.iterate("val", 16), streamed.iterate("val", 16)):
         _assert_same_batch(a, b)
     for a, b in zip(memory.feature_stats("train"), streamed.feature_stats("train")):  # computed by streaming
@@ -99,6 +105,24 @@ def test_reader_lru_stays_within_its_budget_and_rereads_what_it_dropped(small_ch
     assert reader.blocks_read == n_blocks + 1  # every block once, and sample 0's again: it was evicted
     with pytest.raises(ValueError, match="smaller than one decoded block"):
         cache.keypoint_reader(("pose",), budget_bytes=100)
+
+
+def test_reader_resize_drops_the_oldest_blocks_at_once(small_chunks_corpus):
+    cache = store.open_cache(small_chunks_corpus)
+    block = 50 * (2 * 3 * (33 + 21 + 21) + 4)
+    reader = cache.keypoint_reader(("pose", "left_hand", "right_hand"), budget_bytes=4 * block)
+    for i in range(cache.n):
+        reader.read(i)
+    assert reader.bytes_held > block
+    reader.resize(block)
+    assert reader.budget == block and 0 < reader.bytes_held <= block  # the newest block stays
+    newest = reader.blocks_read
+    last = int(reader.start[-1])
+    assert last // 50 == (last + int(reader.lengths[-1]) - 1) // 50  # (the last clip lies in one block)
+    reader.read(cache.n - 1)  # in the block that was kept: no read
+    assert reader.blocks_read == newest
+    reader.read(0)  # evicted by resize: read again
+    assert reader.blocks_read == newest + 1
 
 
 # Run in a fresh process. What it measures: the growth of the process's anonymous resident memory
@@ -126,10 +150,10 @@ print(json.dumps({"growth_mb": (peak - baseline) / 2**20}))
 
 
 def test_streaming_trainer_stays_under_a_memory_cap_smaller_than_the_cache(tmp_path):
-    cache = tmp_path / "large"  # 170 MB of pose + hands once decoded: 48 shards x 128 clips x 64 frames
-    info = write_large_cache(cache, 48 * 128 * 64 * FRAME_BYTES, shard_size=128, frames=64)
+    cache = tmp_path / "large"  # 234 MB of pose + hands once decoded: 66 shards x 128 clips x 64 frames
+    info = write_large_cache(cache, 66 * 128 * 64 * FRAME_BYTES, shard_size=128, frames=64)
     decoded_bytes = info["keypoint_mb"] * 2**20
-    cap_mb, budget_mb = 96, 16
+    cap_mb, budget_mb = 128, 16
     assert decoded_bytes / 2**20 > 1.7 * cap_mb  # the cache is well above the cap
     overrides = ["embed_dim=64", "proj_dim=32", "heads=4", "batch_size=24", "max_steps=6", "log_every=1",
                  "eval_every=6", "ckpt_every=100", "max_frames=32", "stream=true", f"memory_budget_mb={budget_mb}"]
@@ -142,7 +166,9 @@ def test_streaming_trainer_stays_under_a_memory_cap_smaller_than_the_cache(tmp_p
     assert len(train_logs) == 6 and all(np.isfinite(e["loss"]) for e in train_logs)
     # the reader's own accounting: never more decoded keypoints than the budget
     assert 0 < max(e["stream_peak_mb"] for e in train_logs) <= budget_mb
-    # the whole trainer under the cap (measured during development, on a 128 MB cache: 40-65 MB
-    # streaming, of which 16 MB is the full LRU; the same probe with stream=false grew by ~810 MB,
-    # so the measure does see a loaded cache)
+    # the whole trainer under the cap (measured during development, on a 170 MB cache: 47-61 MB
+    # streaming with batches made in the loop, of which 16 MB is the full LRU, 76-93 MB with them
+    # made ahead on the feed's thread (default), whose temporaries glibc keeps in a malloc arena of
+    # that thread's own; on a 128 MB cache the same probe with stream=false grew by ~810 MB, so the
+    # measure does see a loaded cache)
     assert growth_mb < cap_mb, f"streaming grew the process by {growth_mb:.1f} MB (cap {cap_mb} MB)"

@@ -231,6 +231,21 @@ def test_resume_repeats_the_uninterrupted_run(corpus, tmp_path):
             assert cut[step][key] == pytest.approx(straight[step][key], rel=1e-6, abs=1e-6), (step, key)
 
 
+def test_batches_made_ahead_train_exactly_as_batches_made_in_the_loop(corpus, tmp_path):
+    # every draw from the augmentation generators (geometry, other people, dropout, token dropout)
+    # happens on the feed's thread when batches are made ahead: the run must not change at all
+    common = ["max_steps=6", "ckpt_every=100", "eval_every=100", "token_dropout=0.2",
+              "augment.hand_rotate_deg=10", "augment.path_offset=0.02", "augment.time_warp=0.2"]
+    train(tiny_cfg(*common, "prefetch_batches=0"), corpus, tmp_path / "loop")
+    train(tiny_cfg(*common, "prefetch_batches=2"), corpus, tmp_path / "ahead")
+    loop, _ = losses_by_step(tmp_path / "loop")
+    ahead, _ = losses_by_step(tmp_path / "ahead")
+    assert sorted(loop) == sorted(ahead) == list(range(1, 7))
+    for step in range(1, 7):
+        for key in ("loss", "supcon", "clip", "ce", "grad_norm"):
+            assert ahead[step][key] == loop[step][key], (step, key)
+
+
 def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(corpus, tmp_path):
     train(tiny_cfg("max_steps=1", "eval_every=100"), corpus, tmp_path / "run")
     with pytest.raises(TrainingError, match="--resume"):
