@@ -23,6 +23,12 @@ every repetition), and with --repeats R each case runs R times and the median ru
 With --mediapipe-default-threads, MediaPipe alone also runs with MediaPipe's own thread count
 (what the extractor used before) for comparison.
 
+Start-up: in every repetition both sides also run on one 2-frame video per process; that wall
+clock is what each pays once per process (interpreter, imports, graph, loky's workers), and the
+"overhead per frame" = 1 - (alone wall - its start-up) / (make features wall - its start-up), per
+repetition (median reported): the part that grows with the corpus, where 1,200 frames would
+otherwise weigh a second of start-up as 3 %.
+
 Writes benchmarks/results/features.json; BENCHMARKS.md summarises it. Measure on an idle machine:
 the load average before and after is stored with the results.
 """
@@ -39,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -51,7 +59,7 @@ from tests.media import make_person_video  # noqa: E402
 def person_videos(work: Path, n_videos: int, n_frames: int) -> Path:
     """n_videos MediaPipe-able videos of a person under work/videos and their manifest (returned)."""
     data = work / "videos"
-    data.mkdir()
+    data.mkdir(parents=True)
     rows = []
     for i in range(n_videos):
         make_person_video(data / f"v{i}.mp4", n_frames=n_frames)
@@ -198,6 +206,9 @@ def _median_run(runs: list[dict]) -> dict:
     return {**ranked[(len(ranked) - 1) // 2], "frames_per_s_each": [r["frames_per_s"] for r in runs]}
 
 
+TINY_FRAMES = 2  # frames per video of the start-up runs
+
+
 def bench_extraction(work: Path, n_videos: int, n_frames: int, workers: list[int], fps=None,
                      default_threads: bool = False, repeats: int = 1) -> dict:
     manifest = person_videos(work, n_videos, n_frames)
@@ -209,8 +220,16 @@ def bench_extraction(work: Path, n_videos: int, n_frames: int, workers: list[int
         for rgb in video:
             rgb.flags.writeable = False  # as the extractor passes them (MediaPipe skips a copy)
     shards = [frames[i:i + shard_size] for i in range(0, len(frames), shard_size)]
+    # start-up: the same cases on one 2-frame video per process (what either side pays once per
+    # process: interpreter, imports, graph, worker start), to tell it from the per-frame cost
+    tiny_manifest = person_videos(work / "tiny", max(workers), TINY_FRAMES)
+    tiny_frames = [mpx.kept_frames(p, fps) for p in sorted(tiny_manifest.parent.glob("v*.mp4"),
+                                                          key=lambda p: int(p.stem[1:]))]
+    for video in tiny_frames:
+        for rgb in video:
+            rgb.flags.writeable = False
     kinds = ["alone", "pipeline", *(["alone_default_threads"] if default_threads else [])]
-    runs = {(kind, n): [] for kind in kinds for n in workers}
+    runs = {(kind, n): [] for kind in [*kinds, "alone_startup", "pipeline_startup"] for n in workers}
     # alone and make features alternate (their order swapped every repetition): a machine whose
     # load drifts during the run weighs on both alike. (This process never starts MediaPipe: make
     # features runs in processes of its own, so forking the alone processes from here is safe.)
@@ -222,12 +241,15 @@ def bench_extraction(work: Path, n_videos: int, n_frames: int, workers: list[int
                 else:
                     threads = None if kind == "alone_default_threads" else mpx.GRAPH_THREADS
                     runs[kind, n].append(mediapipe_alone(shards, n, threads))
+            runs["pipeline_startup", n].append(make_features(tiny_manifest, work / f"tiny{n}-{rep}", n, 1, fps))
+            runs["alone_startup", n].append(mediapipe_alone([[v] for v in tiny_frames], n, mpx.GRAPH_THREADS))
     out = {"settings": {"videos": n_videos, "frames_per_video": n_frames, "size": "640x360 mp4v, 15 fps",
                         "fps": fps, "kept_frames": sum(map(len, frames)), "shard_size": shard_size, "repeats": repeats,
                         "graph_threads": mpx.GRAPH_THREADS, "decode_threads": mpx.DECODE_THREADS,
                         "opencv_threads": mpx.OPENCV_THREADS}}
     for (kind, n), rs in runs.items():
-        out[f"{kind}_{n}"] = _median_run(rs)
+        if not kind.endswith("_startup"):
+            out[f"{kind}_{n}"] = _median_run(rs)
     for n in workers:
         alone, pipe = out[f"alone_{n}"], out[f"pipeline_{n}"]
         out[f"overhead_{n}"] = 1 - pipe["frames_per_s"] / alone["frames_per_s"]
@@ -235,6 +257,14 @@ def bench_extraction(work: Path, n_videos: int, n_frames: int, workers: list[int
         # the same, paired within each repetition (the two runs nearest in time)
         out[f"overhead_{n}_each"] = [1 - p["frames_per_s"] / a["frames_per_s"]
                                      for a, p in zip(runs["alone", n], runs["pipeline", n])]
+        # per frame, start-up taken out: each run's wall minus its side's start-up run next to it
+        out[f"startup_s_{n}"] = {side: float(np.median([r["wall_s"] for r in runs[f"{side}_startup", n]]))
+                                 for side in ("alone", "pipeline")}
+        out[f"steady_overhead_{n}_each"] = [
+            1 - (a["wall_s"] - a0["wall_s"]) / (p["wall_s"] - p0["wall_s"])
+            for a, p, a0, p0 in zip(runs["alone", n], runs["pipeline", n], runs["alone_startup", n],
+                                    runs["pipeline_startup", n])]
+        out[f"steady_overhead_{n}"] = float(np.median(out[f"steady_overhead_{n}_each"]))
     if 1 in workers:
         for n in (w for w in workers if w > 1):
             for kind in kinds:
@@ -242,6 +272,13 @@ def bench_extraction(work: Path, n_videos: int, n_frames: int, workers: list[int
                                                     / out[f"{kind}_1"]["frames_per_s_per_core"])
     out["fastest_jobs"] = max(workers, key=lambda n: out[f"pipeline_{n}"]["frames_per_s"])
     return out
+
+
+def steady_lines(e: dict, workers: list[int]) -> list[str]:
+    return [f"{n} worker(s): start-up {e[f'startup_s_{n}']['alone']:.2f} s alone, "
+            f"{e[f'startup_s_{n}']['pipeline']:.2f} s make features; overhead per frame without it "
+            f"{e[f'steady_overhead_{n}']:.1%} (runs: "
+            + " / ".join(f"{x:.1%}" for x in e[f"steady_overhead_{n}_each"]) + ")" for n in workers]
 
 
 def table(e: dict, workers: list[int]) -> str:
@@ -287,6 +324,7 @@ def main(argv=None) -> int:
     Path(a.out).write_text(json.dumps(result, indent=1))
     e = result["extraction"]
     print(table(e, workers))
+    print("\n".join(steady_lines(e, workers)))
     for key in (k for k in e if "_per_core_" in k):
         print(f"{key}: {e[key]:.2f}")
     print("store overhead (shard writes / extraction): "
