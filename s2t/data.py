@@ -500,7 +500,7 @@ class BatchFeed:
 
     def _make(self) -> Batch:
         rows = self.rows[next(self.sampler)]
-        return self.assemble(self.data, rows, self.data.read_frames(rows) if self.data.streams else None)
+        return self.assemble(self.data, rows, self.data.read_frames(rows))  # (None in memory)
 
     def _work(self) -> None:
         # One intra-op thread here: the loop's ops keep every core, and an OpenMP team of this
@@ -510,8 +510,7 @@ class BatchFeed:
         try:
             while not self._stop.is_set():
                 batch = self._make()
-                state = (copy.deepcopy(self.sampler.state_dict()),
-                         {name: g.get_state() for name, g in self.gens.items()})
+                state = (copy.deepcopy(self.sampler.state_dict()), self._generator_states_now())
                 self._put((batch, state))
         except BaseException as e:  # handed to the training thread, raised there
             self._put(e)
@@ -528,8 +527,9 @@ class BatchFeed:
         return self._state[0] if self._state is not None else self.sampler.state_dict()
 
     def generator_states(self) -> dict[str, torch.Tensor]:
-        if self._state is not None:
-            return self._state[1]
+        return self._state[1] if self._state is not None else self._generator_states_now()
+
+    def _generator_states_now(self) -> dict[str, torch.Tensor]:
         return {name: g.get_state() for name, g in self.gens.items()}
 
     def close(self) -> None:
